@@ -1,0 +1,1 @@
+"""onestep core: paths, denoisers, solvers, distillation, networks, training and metrics."""
