@@ -9,7 +9,16 @@ from onestep.core.convert import KINDS, convert, to_x0_eps
 from onestep.core.denoiser import TIME_INPUTS, Denoiser
 from onestep.core.paths import EDM, VP, Affine, RectifiedFlow, path_from_config
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Every tensor in this module is float64; restore the default for other modules."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
 
 PATHS = {
     "vp_linear": VP("linear"),
@@ -19,13 +28,13 @@ PATHS = {
     "rectified_flow": RectifiedFlow(),
     "affine": Affine(lambda t: torch.cos(t * torch.pi / 2), lambda t: torch.sin(t * torch.pi / 2)),
 }
-T = torch.linspace(0.02, 0.98, 17)
+T = torch.linspace(0.02, 0.98, 17, dtype=torch.float64)
 
 
 def times(name):
     """Test times per path: off the discrete grid's kinks (where d_alpha jumps), and for EDM where
     sigma = 80 t^7 is large enough that float64 resolves x_t - x0 (it is 1e-10 at t=0.02)."""
-    return {"vp_discrete": T + 0.3e-3, "edm": torch.linspace(0.3, 0.98, 17)}.get(name, T)
+    return {"vp_discrete": T + 0.3e-3, "edm": torch.linspace(0.3, 0.98, 17, dtype=torch.float64)}.get(name, T)
 
 
 @pytest.mark.parametrize("name", PATHS)

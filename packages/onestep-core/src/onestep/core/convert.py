@@ -22,7 +22,7 @@ KINDS = ("eps", "x0", "v", "velocity", "score")
 
 
 def broadcast(c: Tensor, x: Tensor) -> Tensor:
-    """Reshape a scalar or per-sample coefficient (B,) to broadcast over x (B, ...), in x's dtype."""
+    """Reshape a scalar or per-sample coefficient (B,) to broadcast over x (B, ...)."""
     c = c.to(device=x.device, dtype=x.dtype)
     if c.ndim == 0:
         return c

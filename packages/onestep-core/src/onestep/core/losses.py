@@ -29,8 +29,8 @@ def split_batch(batch) -> tuple[Tensor, object]:
         return batch[0], batch[1]
     if isinstance(batch, (tuple, list)) and len(batch) == 1:
         return batch[0], None
-    raise ValueError("a batch is a tensor x_data or a pair (x_data, cond); got "
-                     f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
+    raise ValueError("a batch is a tensor x_data or a pair (x_data, cond); got a "
+                     f"{type(batch).__name__}")
 
 
 def _randn(x: Tensor, generator) -> Tensor:
