@@ -64,7 +64,6 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, hidden)
         self.emb_act = nn.SiLU()
         self.blocks = nn.ModuleList([FiLMResBlock(hidden, hidden) for _ in range(depth)])
-        self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, self.out_dim)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
@@ -79,5 +78,5 @@ class MLP(nn.Module):
         emb = self.emb_act(emb)
         for block in self.blocks:
             h = block(h, emb)
-        out = self.out(torch.nn.functional.silu(self.out_norm(h)))  # (B, out_dim)
+        out = self.out(h)  # (B, out_dim); no final norm: it would erase the scale of x
         return out.reshape(x.shape) if self.out_dim == self.dim else out

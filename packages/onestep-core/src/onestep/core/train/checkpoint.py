@@ -265,7 +265,7 @@ def _read_meta(step_dir: Path) -> dict:
     return meta
 
 
-def _read_weights(path: Path, meta: dict) -> dict[str, Tensor]:
+def read_weights(path: Path, meta: dict) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing (the checkpoint lists modules {meta['modules']})")
     try:
@@ -279,7 +279,7 @@ def _first(keys, n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def _check_match(path: Path, name: str, module: nn.Module, found: Mapping[str, Tensor]) -> None:
+def check_match(path: Path, name: str, module: nn.Module, found: Mapping[str, Tensor]) -> None:
     expected = module.state_dict()
     problems = []
     missing = expected.keys() - found.keys()
@@ -356,8 +356,8 @@ def load_checkpoint(
     weights = {}
     for name, module in modules.items():
         file = step_dir / f"{name}.safetensors"
-        weights[name] = _read_weights(file, meta)
-        _check_match(file, name, module, weights[name])
+        weights[name] = read_weights(file, meta)
+        check_match(file, name, module, weights[name])
     state = None
     if is_task:
         file = step_dir / "state.pt"
