@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from onestep.core.data import toy_sample
 from onestep.core.denoiser import Denoiser
 from onestep.core.losses import DSMLoss, EDMLoss, FlowMatchingLoss, ot_pair

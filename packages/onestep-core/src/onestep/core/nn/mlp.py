@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 from onestep.core.nn.embed import CondEmbed, TimeEmbed
