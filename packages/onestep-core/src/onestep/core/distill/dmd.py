@@ -1,0 +1,652 @@
+"""Distribution Matching Distillation: DMD (Yin et al. 2024a) and DMD2 (Yin et al. 2024b).
+
+A one-step (or few-step) generator G is trained so that its output distribution p_fake matches
+the teacher's p_real, by following the gradient of KL(p_fake,t || p_real,t) over noise levels t:
+
+    grad_theta KL = E_{z, t, x_t}[ w_t (s_fake(x_t, t) - s_real(x_t, t)) dG/dtheta ]   (DMD Eq. 7)
+
+where x_t diffuses x = G(z), s_real is the frozen teacher's score and s_fake the score of a "fake"
+diffusion model that keeps fitting G's current samples by denoising score matching. In x0 terms
+s_fake - s_real = alpha_t / sigma_t^2 (x0_fake - x0_real), and with the weight of DMD Eq. 8,
+w_t = sigma_t^2 / alpha_t * CS / ||x0_real(x_t) - x||_1, the gradient on x is
+
+    g = (x0_fake(x_t) - x0_real(x_t)) / mean|x0_real(x_t) - x|.
+
+It is applied as 0.5 * ||x - stopgrad(x - g)||^2, whose gradient in x is g.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..convert import broadcast
+from ..denoiser import Denoiser
+from ..nn.embed import SinusoidalEmbedding
+from ..sampling import resolve_solver, sample
+from .base import (
+    DenoiserGenerator,
+    Distiller,
+    Generator,
+    denoising_loss,
+    split_batch,
+    student_from_teacher,
+)
+
+__all__ = [
+    "DMDConfig",
+    "DMDDistiller",
+    "DMD2Config",
+    "DMD2Distiller",
+    "DiscriminatorHead",
+    "sample_dm_times",
+    "distribution_matching_loss",
+    "regression_loss",
+    "gan_generator_loss",
+    "gan_discriminator_loss",
+    "METHODS",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses shared by the distribution matching family
+
+
+def sample_dm_times(
+    n: int, path, *, t_min: float, t_max: float, generator=None, device=None
+) -> Tensor:
+    """Noise levels t ~ U[t_min, t_max] (B,) float64 (DMD / DMD2: timesteps 0.02 T to 0.98 T);
+    on a discrete VP path they are rounded to the network's own steps t = (n + 1) / N."""
+    t = t_min + (t_max - t_min) * torch.rand(
+        n, generator=generator, device=device, dtype=torch.float64
+    )
+    steps = getattr(path, "num_steps", None)
+    if steps is not None:
+        t = (torch.round(t * steps) / steps).clamp(1.0 / steps, 1.0)
+    return t
+
+
+def distribution_matching_loss(
+    x: Tensor,
+    real: Denoiser,
+    fake: Denoiser,
+    *,
+    cond=None,
+    generator=None,
+    t_min: float = 0.02,
+    t_max: float = 0.98,
+    fake_cond=None,
+    normalize: bool = True,
+    norm_floor: float = 0.0,
+) -> tuple[Tensor, dict]:
+    """DMD's distribution matching loss (Eq. 7-8) on generated samples x (B, ...).
+
+    x_t = alpha_t x + sigma_t eps with t ~ U[t_min, t_max]; g = (x0_fake - x0_real) /
+    mean|x0_real - x| per sample; loss = 0.5 * mean (x - stopgrad(x - g))^2, so d loss / d x =
+    g / numel. `real` carries any classifier-free guidance (the paper guides only the real score);
+    `fake_cond` (default `cond`) is the fake score's condition. `normalize=False` drops the
+    per-sample normaliser: g = x0_fake - x0_real, i.e. w_t = sigma_t^2 / alpha_t in Eq. 7.
+    `norm_floor` > 0 floors each sample's normaliser at that fraction of the batch mean: with
+    few coordinates (low-dimensional data) the mean |x0_real - x| of a sample can vanish and its
+    normalised gradient explode, which never happens over an image's many pixels.
+    """
+    path = real.path
+    t = sample_dm_times(
+        x.shape[0], path, t_min=t_min, t_max=t_max, generator=generator, device=x.device
+    )
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    c = path.coefficients(t)
+    with torch.no_grad():
+        x_d = x.detach()
+        x_t = broadcast(c.alpha, x_d) * x_d + broadcast(c.sigma, x_d) * noise
+        x0_real = real.x0(x_t, t, cond)
+        x0_fake = fake.x0(x_t, t, cond if fake_cond is None else fake_cond)
+        # Eq. 8: w_t = sigma^2 / alpha * CS / ||x0_real - x||_1 turns the score gap into x0 units
+        grad = x0_fake - x0_real
+        if normalize:
+            norm = (x_d - x0_real).abs().flatten(1).mean(1)
+            norm = torch.maximum(norm, norm_floor * norm.mean()).clamp_min(1e-6)
+            grad = grad / broadcast(norm, x_d)
+        grad = torch.nan_to_num(grad)
+    loss = 0.5 * F.mse_loss(x.float(), (x_d - grad).float())
+    return loss, {
+        "dm_loss": loss.detach().item(),
+        "dm_grad": grad.float().pow(2).flatten(1).sum(1).sqrt().mean().item(),
+    }
+
+
+def regression_loss(x: Tensor, target: Tensor) -> tuple[Tensor, dict]:
+    """DMD's regression loss (Sec. 3.3) E || G(z) - y ||^2 to the teacher's ODE output y for
+    the same noise z (LPIPS in the paper for images; mean squared error here, any data shape)."""
+    loss = (x.float() - target.float()).pow(2).flatten(1).mean(1).mean()
+    return loss, {"reg_loss": loss.detach().item()}
+
+
+def gan_generator_loss(logits_fake: Tensor) -> Tensor:
+    """Non-saturating generator loss E[-log D(G(z)_t)] = softplus(-logit) (DMD2 Sec. 4.3)."""
+    return F.softplus(-logits_fake.float()).mean()
+
+
+def gan_discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Discriminator loss E[-log D(x_t)] + E[-log(1 - D(G(z)_t))] (DMD2 Sec. 4.3)."""
+    return F.softplus(-logits_real.float()).mean() + F.softplus(logits_fake.float()).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Regression pairs (DMD Sec. 3.3)
+
+
+def _index_cond(cond, idx):
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: _index_cond(v, idx) for k, v in cond.items()}
+    return cond[idx.to(cond.device)]
+
+
+def _cat_cond(a, b):
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        raise ValueError("regression pairs and the batch must both carry a condition or neither")
+    if isinstance(a, dict):
+        return {k: _cat_cond(a[k], b[k]) for k in a}
+    return torch.cat([a, b.to(a.device)])
+
+
+def _cond_to(cond, device):
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: _cond_to(v, device) for k, v in cond.items()}
+    return cond.to(device)
+
+
+@torch.no_grad()
+def make_regression_pairs(
+    teacher: Denoiser,
+    x_like: Tensor,
+    cond,
+    n: int,
+    *,
+    nfe: int,
+    solver: str,
+    generator=None,
+    chunk: int = 1024,
+) -> dict:
+    """n (noise, ODE sample) pairs from the teacher's deterministic sampler (DMD Sec. 3.3),
+    noise shaped like x_like[0]. Conditions are drawn with replacement from `cond` (the batch)."""
+    shape = (n, *x_like.shape[1:])
+    noise = torch.randn(shape, generator=generator, device=x_like.device, dtype=x_like.dtype)
+    pair_cond = None
+    if cond is not None:
+        b = x_like.shape[0]
+        idx = torch.randint(0, b, (n,), generator=generator, device=x_like.device)
+        pair_cond = _index_cond(cond, idx)
+    targets = []
+    for i in range(0, n, chunk):
+        c = _index_cond(pair_cond, torch.arange(i, min(n, i + chunk), device=x_like.device))
+        targets.append(sample(teacher, noise[i : i + chunk], nfe=nfe, solver=solver, cond=c))
+    out = {"noise": noise, "target": torch.cat(targets)}
+    if pair_cond is not None:
+        out["cond"] = pair_cond
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# DMD
+
+
+@dataclass(frozen=True)
+class DMDConfig:
+    """Distribution Matching Distillation (Yin et al. 2024a, "One-step Diffusion with Distribution
+    Matching Distillation", CVPR). One-step generator from noise at t=1, a fake score fitted to its
+    samples, the distribution matching loss (Eq. 7-8) plus a regression loss (Sec. 3.3) on teacher
+    ODE pairs. Toy scale (2-16-D, MLP teacher): `DMDConfig.toy_defaults()`, 2000-4000 steps,
+    batch 256."""
+
+    lr: float = 1e-4
+    """Generator learning rate (AdamW). The DMD papers train large UNets at 2e-6 to 1e-5 (DMD2's
+    ImageNet: 2e-6); 1e-4 suits small MLPs."""
+    fake_lr: float = 1e-4
+    """Fake score learning rate (paper: the generator's)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas for both networks."""
+    t_min: float = 0.02
+    """Smallest noise level of the distribution matching loss and the fake score's training
+    (DMD / DMD2: timesteps 0.02 T to 0.98 T)."""
+    t_max: float = 0.98
+    """Largest noise level (0.98 T)."""
+    reg_weight: float = 0.25
+    """lambda_reg of the total loss L_KL + lambda_reg L_reg (paper: 0.25)."""
+    num_pairs: int = 2048
+    """Noise-ODE sample pairs for the regression loss, generated once with the teacher at the
+    first step and kept in the checkpoint (the paper precomputes a large fixed set offline)."""
+    pair_nfe: int = 50
+    """Teacher network evaluations per pair (the paper runs the teacher's deterministic ODE
+    sampler)."""
+    pair_solver: str = "dpm++2m"
+    """Deterministic core solver for the pairs (any name or alias of `sampling.sample`)."""
+    reg_batch: int | None = None
+    """Pairs per generator update; None: the batch size."""
+    guidance: float = 1.0
+    """Classifier-free guidance scale of the real score only, for conditional teachers (the
+    fake score stays unguided; the paper guides text-to-image, not ImageNet)."""
+    t_start: float = 1.0
+    """Time the generator is called at on pure noise (t=1: the teacher's prior). eps-prediction
+    teachers on paths with alpha(1) ~ 0 (discrete DDPM: alpha(1) = 0.006) amplify the student's
+    eps error by 1/alpha there; start lower (e.g. 0.75, alpha ~ 0.07 as at Stable Diffusion's
+    last step; DMD2's one-step SDXL generator takes pure noise at timestep 399) with a smaller
+    lr."""
+    ema_decay: float | None = None
+    """EMA of the generator's weights used by `generator()`; None: the raw weights."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip of both optimizers (0 or None: off)."""
+
+    def validate(self) -> None:
+        _positive(self, "lr", "fake_lr")
+        _check_betas(self.betas)
+        _check_t_range(self.t_min, self.t_max)
+        if self.reg_weight < 0:
+            raise ValueError(f"DMDConfig.reg_weight must be >= 0, got {self.reg_weight}")
+        if self.reg_weight > 0:
+            if self.num_pairs < 1:
+                raise ValueError(f"DMDConfig.num_pairs must be >= 1, got {self.num_pairs}")
+            if self.pair_nfe < 1:
+                raise ValueError(f"DMDConfig.pair_nfe must be >= 1, got {self.pair_nfe}")
+            resolve_solver(self.pair_solver)
+        if self.reg_batch is not None and self.reg_batch < 1:
+            raise ValueError(f"DMDConfig.reg_batch must be >= 1 or None, got {self.reg_batch}")
+        if self.guidance < 0:
+            raise ValueError(f"DMDConfig.guidance must be >= 0, got {self.guidance}")
+        if not 0.0 < self.t_start <= 1.0:
+            raise ValueError(f"DMDConfig.t_start must be in (0, 1], got {self.t_start}")
+        _check_ema(self.ema_decay)
+
+    @classmethod
+    def toy_defaults(cls, **overrides) -> DMDConfig:
+        """Settings for 2-16-D toy data with an MLP teacher: 2000-4000 steps, batch 256."""
+        base = dict(lr=3e-4, fake_lr=3e-4, num_pairs=2048, pair_nfe=50, ema_decay=0.99)
+        base.update(overrides)
+        return cls(**base)
+
+
+class DMDDistiller(Distiller):
+    """DMD (Yin et al. 2024a, Alg. 1): per step, one generator update on L_KL + lambda_reg L_reg
+    and one fake-score update by denoising score matching on the generator's (detached) samples.
+
+    Regression pairs (noise, teacher ODE sample) are drawn at the first step from the task
+    generator (conditions from the first batch) and saved in the checkpoint's extra state, so a
+    resumed run regresses on the same pairs; pass `pairs={"noise", "target"[, "cond"]}` to supply
+    your own.
+    """
+
+    kind = "dmd"
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        config: DMDConfig | None = None,
+        *,
+        student_network: nn.Module | None = None,
+        pairs: dict | None = None,
+    ):
+        config = DMDConfig() if config is None else config
+        super().__init__(teacher, config)
+        c = config
+        self.real = teacher.with_guidance(c.guidance) if c.guidance != 1.0 else teacher
+        self.student = self.add_module("student", student_from_teacher(teacher, student_network))
+        self.fake = self.add_module("fake", student_from_teacher(teacher))
+        self.add_optimizer("student", self.student.parameters(), lr=c.lr, betas=c.betas)
+        self.add_optimizer("fake", self.fake.parameters(), lr=c.fake_lr, betas=c.betas)
+        self.ema = self.add_ema("student", self.student, c.ema_decay) if c.ema_decay else None
+        self.gen = DenoiserGenerator(self.student, t_start=c.t_start)
+        self.pairs = dict(pairs) if pairs is not None else None
+
+    # -- regression pairs in the checkpoint ----------------------------------------------------
+    def extra_state(self) -> dict:
+        return {"pairs": self.pairs} if self.pairs is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "pairs" in state:
+            self.pairs = state["pairs"]
+
+    def _pair_batch(self, x: Tensor, cond, n: int, generator):
+        c = self.config
+        if self.pairs is None:
+            self.pairs = make_regression_pairs(
+                self.real,
+                x,
+                cond,
+                c.num_pairs,
+                nfe=c.pair_nfe,
+                solver=c.pair_solver,
+                generator=generator,
+            )
+        total = self.pairs["noise"].shape[0]
+        idx = torch.randint(0, total, (n,), generator=generator, device=x.device)
+        idx = idx.to(self.pairs["noise"].device)
+        z = self.pairs["noise"][idx].to(x.device)
+        y = self.pairs["target"][idx].to(x.device)
+        pc = _cond_to(_index_cond(self.pairs.get("cond"), idx), x.device)
+        return z, y, pc
+
+    # -- the update ---------------------------------------------------------------------------
+    def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
+        c = self.config
+        x_data, cond = split_batch(batch)
+        b = x_data.shape[0]
+        self.student.train()
+        self.fake.train()
+        z = self.noise_like(x_data, generator)
+
+        # 1. generator: L_KL on fresh noise (+ lambda_reg L_reg on pairs, in the same forward)
+        use_reg = c.reg_weight > 0
+        if use_reg:
+            zr, yr, cr = self._pair_batch(x_data, cond, c.reg_batch or b, generator)
+            x_all = self.gen.generate(torch.cat([z, zr]), _cat_cond(cond, cr))
+            x, xr = x_all[:b], x_all[b:]
+        else:
+            x = self.gen.generate(z, cond)
+        loss_kl, logs = distribution_matching_loss(
+            x, self.real, self.fake, cond=cond, generator=generator, t_min=c.t_min, t_max=c.t_max
+        )
+        loss = loss_kl
+        if use_reg:
+            loss_reg, reg_logs = regression_loss(xr, yr)
+            loss = loss + c.reg_weight * loss_reg
+            logs.update(reg_logs)
+        logs["gen_grad_norm"] = self.update("student", loss, clip=c.grad_clip or None)
+        if self.ema is not None:
+            self.ema.update(self.student)
+
+        # 2. fake score: denoising score matching on the generator's current samples
+        fake_loss, _ = denoising_loss(
+            self.fake, x.detach(), generator=generator, cond=cond, t_min=c.t_min, t_max=c.t_max
+        )
+        fake_loss = fake_loss.mean()
+        logs["fake_grad_norm"] = self.update("fake", fake_loss, clip=c.grad_clip or None)
+        logs["fake_loss"] = fake_loss.detach().item()
+        logs["loss"] = loss.detach().item()
+        return logs
+
+    def generator(self) -> Generator:
+        student = self.ema.module if self.ema is not None else self.student
+        return DenoiserGenerator(student, t_start=self.config.t_start)
+
+
+# ----------------------------------------------------------------------------------------------
+# DMD2
+
+
+class DiscriminatorHead(nn.Module):
+    """DMD2's GAN classifier (Sec. 4.3), made independent of the network and the data shape.
+
+    DMD2 puts a small head on the fake diffusion UNet's bottleneck features. Networks here are
+    arbitrary, so the head reads what every fake score gives: its x0 prediction at the noisy
+    input. Each element i of the sample (a coordinate, or a pixel of a channel) gives the features
+    (x_t[i], x0_fake[i], x0_fake[i] - x_t[i], emb(t)); a shared MLP maps them to `hidden` features,
+    which are mean-pooled over the elements, and a second MLP gives one logit per sample
+    (a DeepSets head: any shape (B, ...) works). Because x0_fake(x_t) is computed by the whole
+    fake network, the head sees cross-element structure through it, and the discriminator loss
+    trains the fake network too, as in DMD2.
+    """
+
+    def __init__(self, hidden: int = 64, time_dim: int = 16):
+        super().__init__()
+        self.time = SinusoidalEmbedding(time_dim, scale=1000.0)
+        self.phi = nn.Sequential(
+            nn.Linear(3 + time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
+        )
+        self.rho = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x_t: Tensor, x0_fake: Tensor, t: Tensor) -> Tensor:
+        b = x_t.shape[0]
+        a, p = x_t.reshape(b, -1, 1).float(), x0_fake.reshape(b, -1, 1).float()  # (B, N, 1)
+        emb = self.time(t.float()).unsqueeze(1).expand(b, a.shape[1], -1)  # (B, N, time_dim)
+        h = self.phi(torch.cat([a, p, p - a, emb], dim=-1))  # (B, N, hidden)
+        return self.rho(h.mean(1)).squeeze(-1)  # (B,)
+
+
+@dataclass(frozen=True)
+class DMD2Config:
+    """DMD2 (Yin et al. 2024b, "Improved Distribution Matching Distillation for Fast Image
+    Synthesis", NeurIPS): no regression loss, a two time-scale update rule, a GAN on the fake
+    score network, and an optional few-step generator trained with backward simulation.
+    Toy scale (2-16-D, MLP teacher): `DMD2Config.toy_defaults()`, 1500-3000 steps, batch 256
+    (each step is one generator update and `fake_updates` fake/discriminator updates)."""
+
+    lr: float = 1e-4
+    """Generator learning rate (paper code: 2e-6 for ImageNet at batch 280, 5e-7 for SDXL); 1e-4
+    suits small MLPs."""
+    fake_lr: float = 1e-4
+    """Fake score and discriminator learning rate (paper: equal to the generator's)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (paper code: PyTorch defaults)."""
+    fake_updates: int = 5
+    """Two time-scale update rule (Sec. 4.2): fake score updates per generator update (5 for
+    ImageNet and SDXL, 10 for SD v1.5)."""
+    t_min: float = 0.02
+    """Smallest noise level of the distribution matching and fake losses (0.02 T)."""
+    t_max: float = 0.98
+    """Largest noise level (0.98 T)."""
+    gan_weight: float = 3e-3
+    """Generator GAN loss weight (paper code: 3e-3 for ImageNet, 5e-3 for SDXL). 0: no GAN."""
+    disc_weight: float = 1e-2
+    """Discriminator loss weight, added to the fake score's loss (paper code: 1e-2)."""
+    disc_hidden: int = 64
+    """Width of the DiscriminatorHead."""
+    times: tuple[float, ...] = (1.0,)
+    """The generator's time grid, t_start first (Sec. 4.5). (1.0,) is the one-step ImageNet
+    generator; (1.0, 0.75, 0.5, 0.25) the 4-step SDXL one (timesteps 999, 749, 499, 249)."""
+    backward_simulation: bool = True
+    """Sec. 4.5: the generator's input at step k comes from running the current generator itself
+    from noise for k steps (re-noising with fresh noise), not from noising real data."""
+    guidance: float = 1.0
+    """Classifier-free guidance of the real score (paper code: 8 for SDXL, 1.75 for SD v1.5,
+    none for class-conditional ImageNet)."""
+    ema_decay: float | None = None
+    """EMA of the generator's weights used by `generator()`; None: the raw weights."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip of both optimizers (0 or None: off)."""
+
+    def validate(self) -> None:
+        _positive(self, "lr", "fake_lr")
+        _check_betas(self.betas)
+        _check_t_range(self.t_min, self.t_max)
+        if self.fake_updates < 1:
+            raise ValueError(f"DMD2Config.fake_updates must be >= 1, got {self.fake_updates}")
+        for name in ("gan_weight", "disc_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DMD2Config.{name} must be >= 0, got {getattr(self, name)}")
+        if self.disc_hidden < 1:
+            raise ValueError(f"DMD2Config.disc_hidden must be >= 1, got {self.disc_hidden}")
+        _check_times(self.times, "DMD2Config.times")
+        if self.guidance < 0:
+            raise ValueError(f"DMD2Config.guidance must be >= 0, got {self.guidance}")
+        _check_ema(self.ema_decay)
+
+    @classmethod
+    def toy_defaults(cls, **overrides) -> DMD2Config:
+        """Settings for 2-16-D toy data with an MLP teacher: 1500-3000 steps, batch 256."""
+        base = dict(lr=3e-4, fake_lr=3e-4, fake_updates=2, ema_decay=0.99)
+        base.update(overrides)
+        return cls(**base)
+
+
+class DMD2Distiller(Distiller):
+    """DMD2 (Yin et al. 2024b). One `step` = `fake_updates` updates of the fake score and the
+    discriminator head (fresh generator samples each time) followed by one generator update with
+    the distribution matching loss plus `gan_weight` times the non-saturating GAN loss.
+
+    The batch's real data feed only the discriminator (as in the paper); with `gan_weight = 0` the
+    method is data-free and uses the batch for its shape and condition.
+    """
+
+    kind = "dmd2"
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        config: DMD2Config | None = None,
+        *,
+        student_network: nn.Module | None = None,
+    ):
+        config = DMD2Config() if config is None else config
+        super().__init__(teacher, config)
+        c = config
+        self.real = teacher.with_guidance(c.guidance) if c.guidance != 1.0 else teacher
+        self.student = self.add_module("student", student_from_teacher(teacher, student_network))
+        self.fake = self.add_module("fake", student_from_teacher(teacher))
+        self.use_gan = c.gan_weight > 0 or c.disc_weight > 0
+        fake_params = list(self.fake.parameters())
+        if self.use_gan:
+            self.disc = self.add_module("disc", DiscriminatorHead(c.disc_hidden))
+            fake_params += list(self.disc.parameters())
+        self.add_optimizer("student", self.student.parameters(), lr=c.lr, betas=c.betas)
+        self.add_optimizer("fake", fake_params, lr=c.fake_lr, betas=c.betas)
+        self.ema = self.add_ema("student", self.student, c.ema_decay) if c.ema_decay else None
+        self.times = [float(t) for t in c.times]
+        self.gen = DenoiserGenerator(self.student, times=self.times, stochastic=True)
+
+    def _discriminate(self, x0: Tensor, cond, generator) -> Tensor:
+        """Logits of the head on x0 diffused to t ~ U[t_min, t_max] (DMD2 Sec. 4.3)."""
+        c = self.config
+        t = sample_dm_times(
+            x0.shape[0],
+            self.teacher.path,
+            t_min=c.t_min,
+            t_max=c.t_max,
+            generator=generator,
+            device=x0.device,
+        )
+        x_t = self.diffuse(x0, t, self.noise_like(x0, generator))
+        return self.disc(x_t, self.fake.x0(x_t, t, cond), t)
+
+    def _generate(self, z: Tensor, x_data: Tensor, cond, generator, *, grad: bool) -> Tensor:
+        """Generator samples x0 (B, ...). Each sample ends at a uniformly drawn step k of the
+        grid; its input at t_k comes from k no-grad steps of the current generator from noise
+        (backward simulation, Sec. 4.5), or from noising real data when that is off."""
+        times, n = self.times, len(self.times)
+        path = self.student.path
+        k = torch.randint(0, n, (z.shape[0],), generator=generator, device=z.device)
+        t_k = torch.as_tensor(times, dtype=torch.float64, device=z.device)[k]  # (B,)
+        with torch.no_grad():
+            x = broadcast(path.sigma(times[0]), z) * z  # the prior sample at t_0
+            x_k = x
+            if n > 1 and self.config.backward_simulation:
+                for i in range(1, n):
+                    if not bool((k >= i).any()):
+                        break
+                    x0 = self.student.x0(x, times[i - 1], cond)
+                    x = self.diffuse(x0, times[i], self.noise_like(x0, generator))
+                    x_k = torch.where((k == i).reshape(-1, *[1] * (z.ndim - 1)), x, x_k)
+            elif n > 1:
+                noised = self.diffuse(x_data, t_k, self.noise_like(x_data, generator))
+                x_k = torch.where((k > 0).reshape(-1, *[1] * (z.ndim - 1)), noised, x)
+        with torch.set_grad_enabled(grad):
+            return self.student.x0(x_k, t_k, cond)
+
+    def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
+        c = self.config
+        x_data, cond = split_batch(batch)
+        self.student.train()
+        self.fake.train()
+        logs: dict[str, float] = {}
+        clip = c.grad_clip or None
+
+        # 1. two time-scale update rule: fake score (+ discriminator) updates on fresh samples
+        fake_sum = disc_sum = 0.0
+        for _ in range(c.fake_updates):
+            z = self.noise_like(x_data, generator)
+            x_gen = self._generate(z, x_data, cond, generator, grad=False)
+            fake_loss, _ = denoising_loss(
+                self.fake, x_gen, generator=generator, cond=cond, t_min=c.t_min, t_max=c.t_max
+            )
+            loss = fake_loss.mean()
+            fake_sum += loss.detach().item()
+            if self.use_gan and c.disc_weight > 0:
+                d_loss = gan_discriminator_loss(
+                    self._discriminate(x_data, cond, generator),
+                    self._discriminate(x_gen, cond, generator),
+                )
+                loss = loss + c.disc_weight * d_loss
+                disc_sum += d_loss.detach().item()
+            logs["fake_grad_norm"] = self.update("fake", loss, clip=clip)
+        logs["fake_loss"] = fake_sum / c.fake_updates
+        if self.use_gan and c.disc_weight > 0:
+            logs["disc_loss"] = disc_sum / c.fake_updates
+
+        # 2. generator: distribution matching + GAN
+        z = self.noise_like(x_data, generator)
+        x = self._generate(z, x_data, cond, generator, grad=True)
+        loss, dm_logs = distribution_matching_loss(
+            x, self.real, self.fake, cond=cond, generator=generator, t_min=c.t_min, t_max=c.t_max
+        )
+        logs.update(dm_logs)
+        if self.use_gan and c.gan_weight > 0:
+            g_loss = gan_generator_loss(self._discriminate(x, cond, generator))
+            loss = loss + c.gan_weight * g_loss
+            logs["gan_loss"] = g_loss.detach().item()
+        logs["gen_grad_norm"] = self.update("student", loss, clip=clip)
+        if self.ema is not None:
+            self.ema.update(self.student)
+        logs["loss"] = loss.detach().item()
+        return logs
+
+    def generator(self) -> Generator:
+        student = self.ema.module if self.ema is not None else self.student
+        return DenoiserGenerator(student, times=self.times, stochastic=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation helpers (shared with phased_dmd and disback)
+
+
+def _positive(config, *names: str) -> None:
+    for name in names:
+        v = getattr(config, name)
+        if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive number, got {v!r}")
+
+
+def _check_betas(betas) -> None:
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+
+def _check_t_range(t_min: float, t_max: float) -> None:
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+
+
+def _check_ema(decay) -> None:
+    if decay is not None and not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema_decay must be None or in [0, 1), got {decay}")
+
+
+def _check_times(times, name: str) -> None:
+    ts = list(times)
+    if not ts:
+        raise ValueError(f"{name} must hold at least one time")
+    decreasing = all(a > b for a, b in zip(ts[:-1], ts[1:], strict=True))
+    if not all(0.0 < t <= 1.0 for t in ts) or not decreasing:
+        raise ValueError(f"{name} must be strictly decreasing times in (0, 1], got {tuple(ts)}")
+
+
+METHODS = {
+    "dmd": (
+        DMDConfig,
+        DMDDistiller,
+        "DMD: distribution matching + ODE-pair regression, one-step (Yin et al. 2024, CVPR)",
+    ),
+    "dmd2": (
+        DMD2Config,
+        DMD2Distiller,
+        "DMD2: distribution matching, TTUR, GAN, backward simulation (Yin et al. 2024, NeurIPS)",
+    ),
+}

@@ -1,0 +1,464 @@
+"""MeanFlow (Geng et al. 2025, "Mean Flows for One-step Generative Modeling"), trained from data
+or distilled from a flow teacher.
+
+On the rectified-flow path z_t = (1 - t) x + t eps (t=0 data, t=1 noise, as in the paper) the
+average velocity over [r, t] is u(z_t, r, t) = 1/(t - r) int_r^t v(z_s, s) ds (Eq. 3), so that
+z_r = z_t - (t - r) u(z_t, r, t), and one step z_0 = z_1 - u(z_1, 0, 1) generates. Differentiating
+(t - r) u = int_r^t v ds in t gives the MeanFlow identity (Eq. 6)
+    u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t),
+with the total derivative d/dt u = v dz u + dt u (Eq. 8), a Jacobian-vector product of
+u_theta(z, r, t) along the tangent (v, 0, 1) (Alg. 1). The network regresses the stop-gradient
+target u_tgt = v - (t - r) sg(JVP) (Eq. 9-10) with the adaptive weight w = sg(1 / (||delta||^2
++ c)^p), p = 1 (Sec. 4.3 and Table 1e). (r, t): two logit-normal(-0.4, 1) draws sorted so r <= t,
+then r = t for all but `ratio_r_neq_t` = 25% of the batch (Table 1a, 1d).
+
+`v` is the conditional velocity eps - x ("data" mode, the paper's training from scratch) or the
+teacher's velocity at (z_t, t) ("teacher" mode, the default here: a lower-variance target that
+distills the teacher's flow, with its classifier-free guidance if the teacher Denoiser has any).
+
+The network takes two times through `TwoTimeNet`: the core networks (MLP, UNet, DiT) read their
+time only through their `time_embed` module, so the wrapper swaps that module for one that embeds
+t with the original embedding and adds a second, zero-initialised embedding of t - r (the
+paper's (t, t - r) conditioning, Table 1c). The student starts as a copy of the teacher's
+network with all its weights. By default both embeddings read t in [0, 1] at sinusoid scale 1
+(`time_scale`, as SiT/MeanFlow networks do) rather than the teacher's usual 1000 t: the JVP
+differentiates the network in t, and a 1000 t embedding makes that derivative mostly
+high-frequency wiggle (see `MeanFlowConfig.time_scale`). With `time_scale=None` the teacher's
+embedding is kept and, the gap embedding starting at zero, u(z, r, t) = v_teacher(z, t) at
+initialisation for every r.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..convert import as_batch_time, broadcast, convert
+from ..denoiser import Denoiser
+from ..nn import TimeEmbed
+from ..paths import RectifiedFlow
+from .base import Distiller, Generator, split_batch, validate_config
+
+__all__ = [
+    "MeanFlowConfig",
+    "MeanFlowDistiller",
+    "MeanFlowModel",
+    "MeanFlowGenerator",
+    "TwoTimeNet",
+    "meanflow_loss",
+    "total_derivative",
+    "sample_two_times",
+    "METHODS",
+]
+
+MODES = ("teacher", "data")
+TIME_SAMPLERS = ("logit_normal", "uniform")
+JVP_METHODS = ("func", "forward_ad", "double_backward")
+
+
+@dataclass(frozen=True)
+class MeanFlowConfig:
+    """MeanFlow (Geng et al. 2025). Toy scale (2-16-D, MLP teacher): the defaults, 2000-3000
+    steps at batch 256 (`toy_defaults()`)."""
+
+    mode: str = "teacher"
+    """Instantaneous velocity v in the target: "teacher" (the teacher's velocity at (z_t, t):
+    distillation, the default) or "data" (eps - x, the paper's training from scratch, Eq. 9)."""
+    ratio_r_neq_t: float = 0.25
+    """Fraction of samples with r != t (Table 1a: 25% is best; 0% is plain flow matching)."""
+    time_sampler: str = "logit_normal"
+    """Distribution of both time draws: "logit_normal" (Table 1d best: lognorm(-0.4, 1.0)) or
+    "uniform"."""
+    time_mean: float = -0.4
+    """Logit-normal mean (Table 1d)."""
+    time_std: float = 1.0
+    """Logit-normal std (Table 1d)."""
+    weight_p: float = 1.0
+    """Adaptive loss weight power p in w = 1 / (||delta||^2 + c)^p (Sec. 4.3; Table 1e: p = 1
+    best; p = 0 is the plain squared L2). ||delta||^2 is the per-sample mean over dimensions."""
+    weight_c: float = 1e-3
+    """c in the adaptive weight (Sec. 4.3: a small constant, 1e-3)."""
+    time_scale: float | None = 1.0
+    """Sinusoidal scale of the student's time embeddings, fed t and t - r in [0, 1]. The copied
+    teacher network keeps all its weights, but a scale of 1 (SiT/MeanFlow feed t in [0, 1] to
+    the embedding) makes u smooth in t: with the usual 1000 t embedding the network wiggles at
+    time scales of 1e-3, its t-derivative is dominated by the wiggle and the JVP target is
+    noise (the time-embedding issue of JVP-trained models, Lu & Song 2024, sCM). None keeps
+    the teacher's embedding and time input exactly (u(z, t, t) = teacher velocity at init),
+    which on the toy teacher trains far slower (1-step SW2 0.66 vs 0.09 after 800 steps)."""
+    jvp: str = "func"
+    """How d/dt u is computed: "func" (torch.func.jvp, Alg. 1), "forward_ad", or
+    "double_backward" (same value from two reverse passes: ~3x faster for small MLPs on CPU)."""
+    lr: float = 1e-3
+    """Adam learning rate (the paper: 1e-4 for DiTs on ImageNet; 1e-3 suits toy MLPs)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas (the paper's ImageNet configuration: (0.9, 0.95))."""
+    warmup: int = 0
+    """Linear LR warm-up steps (then constant)."""
+    clip: float = 1.0
+    """Gradient-norm clipping (0 disables)."""
+    ema_decay: float | None = None
+    """EMA of the student for `generator()` (the paper: 0.9999 over 100k+ steps); None: no EMA,
+    right for runs of a few thousand steps."""
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"MeanFlowConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.ratio_r_neq_t <= 1.0:
+            raise ValueError(
+                f"MeanFlowConfig.ratio_r_neq_t must be in [0, 1], got {self.ratio_r_neq_t}"
+            )
+        if self.time_sampler not in TIME_SAMPLERS:
+            raise ValueError(
+                f"MeanFlowConfig.time_sampler must be one of {TIME_SAMPLERS}, got "
+                f"{self.time_sampler!r}"
+            )
+        if not self.time_std > 0:
+            raise ValueError(f"MeanFlowConfig.time_std must be positive, got {self.time_std}")
+        if self.weight_p < 0 or not self.weight_c > 0:
+            raise ValueError(
+                f"MeanFlowConfig needs weight_p >= 0 and weight_c > 0, got "
+                f"{self.weight_p}, {self.weight_c}"
+            )
+        if self.time_scale is not None and not self.time_scale > 0:
+            raise ValueError(
+                f"MeanFlowConfig.time_scale must be positive or None, got {self.time_scale}"
+            )
+        if self.jvp not in JVP_METHODS:
+            raise ValueError(f"MeanFlowConfig.jvp must be one of {JVP_METHODS}, got {self.jvp!r}")
+        if not self.lr > 0:
+            raise ValueError(f"MeanFlowConfig.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(
+                f"MeanFlowConfig.betas must be two numbers in [0, 1), got {self.betas}"
+            )
+        if self.warmup < 0 or self.clip < 0:
+            raise ValueError(
+                f"MeanFlowConfig.warmup and clip must be >= 0, got {self.warmup}, {self.clip}"
+            )
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"MeanFlowConfig.ema_decay must be in [0, 1) or None, got {self.ema_decay}"
+            )
+
+    @classmethod
+    def toy_defaults(cls) -> MeanFlowConfig:
+        """Settings for 2-16-D toy data and an MLP teacher: 2000-3000 steps at batch 256, with
+        the double-backward JVP (same values, ~3x faster than torch.func.jvp for small MLPs on
+        CPU)."""
+        return cls(jvp="double_backward")
+
+
+# ----------------------------------------------------------------------------------------------
+# The two-time network
+
+
+class _TwoTimeEmbed(nn.Module):
+    """Replaces a network's `time_embed`: (B, 2) times (t, t - r) -> embed(t) + gap(t - r)."""
+
+    def __init__(self, time: TimeEmbed):
+        super().__init__()
+        self.time = time
+        sin = time.sinusoid
+        self.gap = TimeEmbed(sin.dim, time.out_dim, sin.scale)
+        self.out_dim = time.out_dim
+        nn.init.zeros_(self.gap.mlp[-1].weight)
+        nn.init.zeros_(self.gap.mlp[-1].bias)
+
+    def forward(self, t, batch: int | None = None) -> Tensor:
+        if torch.is_tensor(t) and t.ndim == 2 and t.shape[-1] == 2:
+            return self.time(t[:, 0], batch) + self.gap(t[:, 1], batch)
+        return self.time(t, batch)  # a single time: r = t
+
+
+class TwoTimeNet(nn.Module):
+    """`net(x, t, r, cond)` from a core network `net(x, t, cond)` whose time enters only through
+    its `time_embed` (MLP, UNet, DiT): t goes through the original embedding, t - r through a
+    second, zero-initialised one added to it (MeanFlow's (t, t - r) conditioning, Table 1c).
+    With the gap embedding at zero the output is `net(x, t, cond)` for every r.
+
+    `time_scale`: None keeps the network's sinusoidal scale (its times are the teacher's network
+    times); a number sets both embeddings' scale, and the times passed are then t in [0, 1]
+    (`MeanFlowModel` does this). `net` is modified in place: pass a copy."""
+
+    def __init__(self, net: nn.Module, time_scale: float | None = None):
+        super().__init__()
+        embed = getattr(net, "time_embed", None)
+        if not isinstance(embed, TimeEmbed | _TwoTimeEmbed):
+            raise ValueError(
+                f"TwoTimeNet needs a network whose time enters through a "
+                f"`time_embed` TimeEmbed (onestep MLP, UNet, DiT); got "
+                f"{type(net).__name__}. Pass a student_network taking "
+                f"(x, t, r, cond) instead."
+            )
+        if isinstance(embed, TimeEmbed):
+            embed = net.time_embed = _TwoTimeEmbed(embed)
+        if time_scale is not None:
+            embed.time.sinusoid.scale = float(time_scale)
+            embed.gap.sinusoid.scale = float(time_scale)
+        self.time_scale = None if time_scale is None else float(time_scale)
+        self.net = net
+
+    def forward(self, x: Tensor, t: Tensor, r: Tensor, cond=None) -> Tensor:
+        tt = torch.stack([t, t - r], dim=-1)  # (B, 2)
+        return self.net(x, tt) if cond is None else self.net(x, tt, cond)
+
+
+class MeanFlowModel(nn.Module):
+    """u_theta(z, r, t): a two-time network (`TwoTimeNet` or any `net(x, t, r, cond)`) on the
+    rectified-flow path. The network sees t and r in [0, 1] when it has its own `time_scale`,
+    else the teacher's network times (`Denoiser.network_time`); its output is read as the
+    teacher's prediction kind converted to a velocity at t (the identity for velocity
+    networks), so an unchanged copy of the teacher gives u(z, r, t) = v(z, t)."""
+
+    def __init__(self, net: nn.Module, reference: Denoiser):
+        super().__init__()
+        if not isinstance(reference.path, RectifiedFlow):
+            raise ValueError(
+                f"MeanFlow is written for the rectified-flow path "
+                f"(z_t = (1-t) x + t eps); the teacher uses {reference.path!r}"
+            )
+        self.net = net
+        self.path = reference.path
+        self.prediction = reference.prediction
+        own = getattr(net, "time_scale", None) is not None
+        self._time = Denoiser(
+            nn.Identity(),
+            reference.path,
+            prediction=reference.prediction,
+            time_input="t" if own else reference.time_input,
+        )
+
+    def forward(self, z: Tensor, r, t, cond=None) -> Tensor:
+        t = as_batch_time(t, z) if not torch.is_tensor(t) or t.ndim == 0 else t
+        r = as_batch_time(r, z) if not torch.is_tensor(r) or r.ndim == 0 else r
+        t_net = self._time.network_time(t).to(z.dtype)
+        r_net = self._time.network_time(r).to(z.dtype)
+        out = self.net(z, t_net, r_net, cond)
+        if self.prediction == "velocity":
+            return out
+        return convert(out, self.prediction, "velocity", z, t, self.path)
+
+
+class MeanFlowGenerator(Generator):
+    """Few-step MeanFlow sampling: z_r = z_t - (t - r) u(z_t, r, t) on nfe equal steps from
+    t = 1 to 0 (one step: z_0 = z_1 - u(z_1, 0, 1))."""
+
+    def __init__(self, model: MeanFlowModel):
+        super().__init__()
+        self.model = model
+
+    def generate(self, noise: Tensor, cond=None, nfe: int = 1, generator=None) -> Tensor:
+        if nfe < 1:
+            raise ValueError(f"nfe must be at least 1, got {nfe}")
+        times = torch.linspace(1.0, 0.0, nfe + 1, dtype=torch.float64).tolist()
+        z = noise
+        for t, r in zip(times[:-1], times[1:], strict=True):
+            u = self.model(z, as_batch_time(r, z), as_batch_time(t, z), cond)
+            z = z - (t - r) * u
+        return z
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+
+
+def sample_two_times(
+    n: int,
+    *,
+    ratio: float = 0.25,
+    sampler: str = "logit_normal",
+    mean: float = -0.4,
+    std: float = 1.0,
+    generator=None,
+    device=None,
+) -> tuple[Tensor, Tensor]:
+    """(r, t), float64 (n,): two independent draws sorted so r <= t, then r = t for all but a
+    `ratio` fraction of the samples (Geng et al. 2025, Sec. 4.3 and Table 1a/1d)."""
+
+    def draw():
+        if sampler == "uniform":
+            return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        if sampler == "logit_normal":
+            z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+            return torch.sigmoid(mean + std * z)
+        raise ValueError(f"unknown time sampler {sampler!r}; use one of {TIME_SAMPLERS}")
+
+    a, b = draw(), draw()
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    keep = torch.rand(n, generator=generator, device=device, dtype=torch.float64) < ratio
+    return torch.where(keep, r, t), t
+
+
+def total_derivative(
+    model: nn.Module, z: Tensor, r: Tensor, t: Tensor, v: Tensor, *, cond=None, method: str = "func"
+) -> tuple[Tensor, Tensor]:
+    """(u, du/dt): u = model(z, r, t, cond) (with its graph to the parameters) and the total
+    derivative v dz u + dt u, the JVP along the tangent (v, 0, 1) (Geng et al. 2025, Eq. 8).
+
+    method: "func" (torch.func.jvp, as in the paper's Alg. 1), "forward_ad" (dual tensors), or
+    "double_backward" (the same JVP from two reverse-mode passes, J^T w then d/dw of
+    <J^T w, tangent>: faster for small networks on CPU, and a fallback for ops without
+    forward-mode rules)."""
+    if method == "func":
+        return torch.func.jvp(
+            lambda z_, r_, t_: model(z_, r_, t_, cond),
+            (z, r, t),
+            (v, torch.zeros_like(r), torch.ones_like(t)),
+        )
+    if method == "forward_ad":
+        import torch.autograd.forward_ad as fwad
+
+        with fwad.dual_level():
+            out = model(
+                fwad.make_dual(z, v),
+                fwad.make_dual(r, torch.zeros_like(r)),
+                fwad.make_dual(t, torch.ones_like(t)),
+                cond,
+            )
+            u, dudt = fwad.unpack_dual(out)
+        return u, dudt
+    if method == "double_backward":
+        z_in, t_in = z.detach().requires_grad_(True), t.detach().requires_grad_(True)
+        u = model(z_in, r, t_in, cond)
+        w = torch.zeros_like(u, requires_grad=True)
+        gz, gt = torch.autograd.grad(u, (z_in, t_in), w, create_graph=True)
+        inner = (gz * v).sum() + gt.sum()  # <J^T w, (v, 1)>, linear in w
+        (dudt,) = torch.autograd.grad(inner, w)
+        return u, dudt
+    raise ValueError(f"unknown JVP method {method!r}; use one of {JVP_METHODS}")
+
+
+def meanflow_loss(
+    model: MeanFlowModel,
+    x: Tensor,
+    noise: Tensor,
+    r: Tensor,
+    t: Tensor,
+    *,
+    cond=None,
+    velocity: Tensor | None = None,
+    teacher: Denoiser | None = None,
+    p: float = 1.0,
+    c: float = 1e-3,
+    jvp: str = "func",
+) -> tuple[Tensor, dict]:
+    """The MeanFlow loss (Geng et al. 2025, Alg. 1, Eq. 9-10, Sec. 4.3) at times r <= t (B,):
+    z_t = (1 - t) x + t noise; v = `velocity`, else the `teacher`'s velocity at (z_t, t), else
+    noise - x; (u, du/dt) = jvp(u_theta, (z_t, r, t), (v, 0, 1)); u_tgt = sg(v - (t - r) du/dt);
+    loss = mean( sg(w) ||u - u_tgt||^2 ) with w = 1 / (||u - u_tgt||^2 + c)^p. `jvp`: how the
+    JVP is computed (`total_derivative`)."""
+    tx = broadcast(t, x)
+    z = (1.0 - tx) * x + tx * noise
+    if velocity is None:
+        if teacher is not None:
+            with torch.no_grad():
+                velocity = teacher.velocity(z, t, cond)
+        else:
+            velocity = noise - x
+    v = velocity.detach()
+    u, dudt = total_derivative(model, z, r.to(x.dtype), t.to(x.dtype), v, cond=cond, method=jvp)
+    u_tgt = (v - broadcast(t - r, x) * dudt).detach()
+    err = (u - u_tgt).float().pow(2).flatten(1).mean(1)  # (B,)
+    w = 1.0 / (err.detach() + c) ** p
+    loss = (w * err).mean()
+    neq = r != t
+    logs = {"loss": loss.detach().item(), "mse": err.mean().detach().item()}
+    if bool(neq.any()):
+        logs["mse_r_neq_t"] = err[neq].mean().detach().item()
+    if bool((~neq).any()):
+        logs["mse_r_eq_t"] = err[~neq].mean().detach().item()
+    return loss, logs
+
+
+# ----------------------------------------------------------------------------------------------
+# Distiller
+
+
+class MeanFlowDistiller(Distiller):
+    """MeanFlow student initialised from the teacher (a `TwoTimeNet` around a copy of its
+    network), trained on data batches with the MeanFlow loss; `generator()` samples it in nfe
+    steps (1 by default)."""
+
+    kind = "meanflow"
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        config: MeanFlowConfig | None = None,
+        *,
+        student_network: nn.Module | None = None,
+    ):
+        config = MeanFlowConfig() if config is None else config
+        validate_config(config)
+        super().__init__(teacher, config)
+        if student_network is None:
+            student_network = TwoTimeNet(copy.deepcopy(teacher.model), config.time_scale)
+        elif not isinstance(student_network, TwoTimeNet) and hasattr(student_network, "time_embed"):
+            student_network = TwoTimeNet(student_network, config.time_scale)
+        student_network.train()
+        for prm in student_network.parameters():
+            prm.requires_grad_(True)
+        self.student = MeanFlowModel(student_network, teacher)
+        self.add_module("student", student_network)
+        self.add_optimizer(
+            "student",
+            student_network.parameters(),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            warmup=config.warmup,
+        )
+        self.ema = None
+        if config.ema_decay is not None:
+            self.ema = self.add_ema("student", student_network, config.ema_decay)
+
+    def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
+        c = self.config
+        x, cond = split_batch(batch)
+        p = next(iter(self.teacher.parameters()), None)
+        if p is not None and p.device != x.device:
+            self.teacher.to(x.device)
+        noise = self.noise_like(x, generator)
+        r, t = sample_two_times(
+            x.shape[0],
+            ratio=c.ratio_r_neq_t,
+            sampler=c.time_sampler,
+            mean=c.time_mean,
+            std=c.time_std,
+            generator=generator,
+            device=x.device,
+        )
+        self.student.train()
+        loss, logs = meanflow_loss(
+            self.student,
+            x,
+            noise,
+            r,
+            t,
+            cond=cond,
+            teacher=self.teacher if c.mode == "teacher" else None,
+            p=c.weight_p,
+            c=c.weight_c,
+            jvp=c.jvp,
+        )
+        logs["grad_norm"] = self.update("student", loss, clip=c.clip or None)
+        if self.ema is not None:
+            self.ema.update(self.student.net)
+        return logs
+
+    def generator(self) -> Generator:
+        net = self.ema.module if self.ema is not None else self.student.net
+        return MeanFlowGenerator(MeanFlowModel(net, self.teacher))
+
+
+METHODS = {
+    "meanflow": (
+        MeanFlowConfig,
+        MeanFlowDistiller,
+        "average-velocity one-step flow via the MeanFlow identity and a JVP target, "
+        "distilled from the teacher's velocity (MeanFlow, Geng et al. 2025)",
+    ),
+}

@@ -1,0 +1,455 @@
+"""Multi-student distillation (MSD; Song, Lorraine, Nie, Kreis & Lucas 2024, "Multi-student
+Diffusion Distillation for Better One-step Generators").
+
+The condition space is partitioned among K one-step students; student k is distilled only on its
+part, so each has less to learn and may be smaller than the teacher. The Generator routes every
+sample to its student, so one sample still costs one student evaluation.
+
+Partitions (`MSDConfig.partition`):
+  "class"  class-conditional teachers (cond = integer labels (B,)): student k owns the classes
+           `class_groups[k]` (default: labels c with c % K == k), as in the paper (Sec. 3).
+           Its real score is the teacher conditioned on the sample's label, which lies in k's
+           subset: the teacher conditioned on the subset.
+  "noise"  unconditional (or continuously conditioned) teachers: the noise space is split into
+           K equal-probability regions, angle sectors of the first two noise coordinates
+           (theta = atan2(z_1, z_0) in K arcs of 2 pi / K; one-dimensional data: K quantile
+           bins of z_0). Student k's target is the teacher's samples from its noise region,
+           T#(N(0, I) restricted to region k), with T the teacher's ODE map; its score is not
+           the teacher's, so the distribution-matching gradient is taken on the routed mixture
+           (the K students together are one generator G(z) = g_k(z)(z), which DMD distils
+           exactly); for unconditional teachers DMD's regression loss on teacher (noise, ODE
+           sample) pairs (Yin et al. 2024, Sec. 3.3) ties each student to the teacher's map on
+           its own region.
+  "auto"   "class" when cond is an integer label tensor, else "noise".
+
+Each student is trained with the base method, DMD-style distribution matching (Yin et al. 2024,
+Eq. 7-8; MSD's "DM" stage, Sec. 3): x0 = g_k(z), gradient (x0_fake - x0_teacher)(x_t) /
+mean|x0 - x0_teacher| on its own samples, one shared fake score (conditioned like the teacher)
+that follows the routed mixture. Smaller students (`student_networks`) first take `tsm_steps`
+steps of teacher score matching (MSD's "TSM" stage, Sec. 3): as denoisers, they regress the
+teacher's prediction on noisy real data of their part.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..denoiser import Denoiser
+from ..sampling import sample
+from ..train import optimizer_step
+from .base import (
+    DenoiserGenerator,
+    Distiller,
+    Generator,
+    denoising_loss,
+    split_batch,
+    student_from_teacher,
+)
+from .vsd import WEIGHTINGS, _check_common, _toy, dm_gradient, make_fake_score, sample_t
+
+__all__ = [
+    "MSDConfig",
+    "MSDDistiller",
+    "MultiStudentGenerator",
+    "noise_route",
+    "PARTITIONS",
+    "METHODS",
+]
+
+PARTITIONS = ("auto", "class", "noise")
+
+
+def noise_route(noise: Tensor, k: int) -> Tensor:
+    """Student index (B,) of each noise sample: K equal angle sectors of (z_0, z_1), or K
+    equal-probability bins of z_0 for one-dimensional noise."""
+    z = noise.reshape(noise.shape[0], -1).float()
+    if k == 1:
+        return torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+    if z.shape[1] >= 2:
+        u = (torch.atan2(z[:, 1], z[:, 0]) + math.pi) / (2 * math.pi)  # in [0, 1]
+    else:
+        u = 0.5 * (1.0 + torch.erf(z[:, 0] / math.sqrt(2.0)))  # Phi(z_0)
+    return (u * k).long().clamp(0, k - 1)
+
+
+def _is_labels(cond) -> bool:
+    return (
+        torch.is_tensor(cond)
+        and cond.ndim == 1
+        and not cond.is_floating_point()
+        and not cond.is_complex()
+    )
+
+
+def _take(cond, sel: Tensor):
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: _take(v, sel) for k, v in cond.items()}
+    if torch.is_tensor(cond) and cond.ndim > 0:
+        return cond[sel]
+    return cond
+
+
+class MultiStudentGenerator(Generator):
+    """K students behind one `generate(noise, cond, nfe)`: each sample goes to the student that
+    `route(noise, cond)` picks (by class label or by noise region) and costs one student call
+    per step."""
+
+    def __init__(
+        self,
+        students: list[Denoiser],
+        *,
+        t_start: float = 1.0,
+        partition: str = "auto",
+        class_groups=None,
+    ):
+        super().__init__()
+        if partition not in PARTITIONS:
+            raise ValueError(f"unknown partition {partition!r}; use one of {list(PARTITIONS)}")
+        self.students = nn.ModuleList(students)
+        self.partition = partition
+        self.t_start = float(t_start)
+        self._gens = [DenoiserGenerator(s, t_start=t_start) for s in students]
+        table = torch.zeros(0, dtype=torch.long)
+        if class_groups is not None:
+            size = 1 + max(c for g in class_groups for c in g)
+            table = torch.full((size,), -1, dtype=torch.long)
+            for k, group in enumerate(class_groups):
+                table[list(group)] = k
+        self.register_buffer("class_table", table)
+
+    @property
+    def num_students(self) -> int:
+        return len(self.students)
+
+    def uses_classes(self, cond) -> bool:
+        if self.partition == "noise":
+            return False
+        if self.partition == "class":
+            if not _is_labels(cond):
+                raise ValueError("partition='class' needs cond = integer class labels (B,)")
+            return True
+        return _is_labels(cond)
+
+    def route(self, noise: Tensor, cond=None) -> Tensor:
+        """The student index (B,) of every sample."""
+        k = self.num_students
+        if not self.uses_classes(cond):
+            return noise_route(noise, k)
+        labels = cond.long()
+        if self.class_table.numel() == 0:
+            return labels.remainder(k)
+        if bool((labels < 0).any()) or bool((labels >= self.class_table.numel()).any()):
+            raise ValueError(
+                f"class labels outside the partition's classes 0..{self.class_table.numel() - 1}"
+            )
+        idx = self.class_table.to(labels.device)[labels]
+        if bool((idx < 0).any()):
+            missing = sorted(set(labels[idx < 0].tolist()))
+            raise ValueError(f"classes {missing} belong to no student's group")
+        return idx
+
+    def generate(self, noise: Tensor, cond=None, nfe: int = 1, generator=None) -> Tensor:
+        idx = self.route(noise, cond)
+        outs, order = [], []
+        for k, gen in enumerate(self._gens):
+            sel = (idx == k).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            outs.append(gen.generate(noise[sel], _take(cond, sel), nfe, generator))
+            order.append(sel)
+        out, order = torch.cat(outs), torch.cat(order)
+        return out[torch.argsort(order)]
+
+
+@dataclass(frozen=True)
+class MSDConfig:
+    """Multi-student distillation with DMD-style distribution matching per student. Scale-free
+    settings follow the papers; learning rates are sized for toy MLP teachers.
+
+    Toy scale (2-16-D data, MLP teacher): `MSDConfig.toy_defaults()`, 2000-4000 steps,
+    batch 256.
+    """
+
+    num_students: int = 4
+    """K students (the paper's main results use 4)."""
+    partition: str = "auto"
+    """"class", "noise" or "auto" (see the module docstring)."""
+    class_groups: tuple[tuple[int, ...], ...] | None = None
+    """Explicit class partition, one tuple of labels per student (None: c % K)."""
+    lr: float = 1e-4
+    """Student learning rate (AdamW), one optimiser per student; sized for MLP students."""
+    fake_lr: float = 1e-3
+    """Fake score learning rate."""
+    fake: str = "full"
+    """Fake score: "full" teacher copy (DMD) or "lora"."""
+    lora_rank: int = 64
+    """LoRA rank when fake="lora"."""
+    lora_alpha: float | None = None
+    """LoRA alpha when fake="lora" (None: = rank)."""
+    t_min: float = 0.02
+    """Smallest time of the distribution-matching loss (DMD: t ~ U[0.02, 0.98])."""
+    t_max: float = 0.98
+    """Largest time of the distribution-matching loss."""
+    weighting: str = "dmd"
+    """Score-difference weighting: "dmd" (DMD Eq. 8), "sds" (sigma_t^2, VSD) or "none"."""
+    t_start: float = 1.0
+    """The students' input time (pure noise at t = 1; see `toy_defaults(teacher)` for eps
+    teachers with alpha(1) ~ 0)."""
+    fake_updates: int = 1
+    """Fake-score updates per student update."""
+    regression_weight: float = 0.25
+    """lambda_reg of DMD's regression loss on teacher ODE pairs (Yin et al. 2024: 0.25; MSE
+    instead of LPIPS); used for unconditional teachers only (the pairs carry no cond)."""
+    regression_pairs: int = 1024
+    """Number of (noise, teacher sample) pairs, drawn once from a fixed seed."""
+    regression_nfe: int = 32
+    """Teacher NFE per pair (dpm++2m)."""
+    regression_seed: int = 0
+    """Seed of the pairs' noise (recomputed identically after a resume)."""
+    tsm_steps: int = 0
+    """Steps of teacher score matching before distribution matching (MSD's TSM stage, for
+    smaller students); 0 skips the stage (students initialised from the teacher)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float | None = 1.0
+    """Gradient-norm clipping, per student and for the fake score (None: off)."""
+    ema_decay: float | None = None
+    """EMA of the students (None: no EMA)."""
+
+    def validate(self) -> None:
+        _check_common(self, "MSDConfig")
+        if self.num_students < 1:
+            raise ValueError(f"MSDConfig.num_students must be >= 1, got {self.num_students}")
+        if self.partition not in PARTITIONS:
+            raise ValueError(
+                f"unknown MSDConfig.partition {self.partition!r}; use one of {list(PARTITIONS)}"
+            )
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"unknown MSDConfig.weighting {self.weighting!r}; use one of {list(WEIGHTINGS)}"
+            )
+        if self.class_groups is not None:
+            groups = [tuple(g) for g in self.class_groups]
+            if len(groups) != self.num_students:
+                raise ValueError(
+                    f"MSDConfig.class_groups has {len(groups)} groups for "
+                    f"{self.num_students} students"
+                )
+            flat = [c for g in groups for c in g]
+            if any(not g for g in groups):
+                raise ValueError("MSDConfig.class_groups: every student needs at least one class")
+            if any(not isinstance(c, int) or c < 0 for c in flat):
+                raise ValueError("MSDConfig.class_groups must hold non-negative integer labels")
+            if len(set(flat)) != len(flat):
+                raise ValueError("MSDConfig.class_groups must be disjoint")
+        if self.regression_weight < 0:
+            raise ValueError(
+                f"MSDConfig.regression_weight must be >= 0, got {self.regression_weight}"
+            )
+        if self.regression_pairs < 1 or self.regression_nfe < 1:
+            raise ValueError("MSDConfig.regression_pairs and regression_nfe must be >= 1")
+        if self.tsm_steps < 0:
+            raise ValueError(f"MSDConfig.tsm_steps must be >= 0, got {self.tsm_steps}")
+
+    @classmethod
+    def toy_defaults(cls, teacher: Denoiser | None = None, **overrides) -> MSDConfig:
+        """For 2-16-D toy data and an MLP teacher: 2000-4000 steps, batch 256. Given an eps
+        teacher with alpha(1) ~ 0 (`vsd.ill_conditioned_start`), the students start at
+        `vsd.start_time(teacher)` with lr 3e-5; `overrides` replace any field."""
+        return _toy(
+            cls, teacher, overrides, lr=3e-4, eps_lr=3e-5, fake_lr=1e-3, regression_pairs=2048
+        )
+
+
+class MSDDistiller(Distiller):
+    """K students, one shared fake score; each student descends the distribution-matching
+    gradient (plus the regression loss in the noise partition) on the samples routed to it.
+
+    `student_networks`: K (smaller) networks for the students (each becomes a Denoiser on the
+    teacher's path and parameterisation); `student_network`: one network copied K times;
+    default: K copies of the teacher.
+    """
+
+    kind = "msd"
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        config: MSDConfig = MSDConfig(),
+        *,
+        student_network: nn.Module | None = None,
+        student_networks: list[nn.Module] | None = None,
+        fake_network: nn.Module | None = None,
+    ):
+        super().__init__(teacher, config)
+        c = config
+        if student_networks is not None and student_network is not None:
+            raise ValueError("pass student_network or student_networks, not both")
+        if student_networks is None:
+            student_networks = [
+                None if student_network is None else copy.deepcopy(student_network)
+                for _ in range(c.num_students)
+            ]
+        if len(student_networks) != c.num_students:
+            raise ValueError(
+                f"got {len(student_networks)} student networks for {c.num_students} students"
+            )
+        students = [student_from_teacher(teacher, net) for net in student_networks]
+        self.students = self.add_module(
+            "students",
+            MultiStudentGenerator(
+                students, t_start=c.t_start, partition=c.partition, class_groups=c.class_groups
+            ),
+        )
+        for k, s in enumerate(students):
+            self.add_optimizer(f"student_{k}", s.parameters(), lr=c.lr, betas=c.betas)
+        fake, fake_params = make_fake_score(
+            teacher, c.fake, rank=c.lora_rank, alpha=c.lora_alpha, network=fake_network
+        )
+        self.fake = self.add_module("fake", fake)
+        self.add_optimizer("fake", fake_params, lr=c.fake_lr, betas=c.betas)
+        self.ema = self.add_ema("students", self.students, c.ema_decay) if c.ema_decay else None
+        self._pairs: tuple[Tensor, Tensor] | None = None
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _step_students(self, total: Tensor) -> list[float]:
+        """One backward of the summed per-student losses, then each student's own update."""
+        c = self.config
+        for k in range(self.students.num_students):
+            for p in self.students.students[k].parameters():
+                p.grad = None
+        total.backward()
+        norms = []
+        for k in range(self.students.num_students):
+            opt = self._optimizers[f"student_{k}"]
+            norms.append(optimizer_step(None, opt, clip=c.grad_clip))
+            self._schedulers[f"student_{k}"].step()
+        if self.ema is not None:
+            self.ema.update(self.students)
+        return norms
+
+    @staticmethod
+    def _per_student_mean(per_sample: Tensor, idx: Tensor, k: int) -> Tensor:
+        """sum_k mean_{i routed to k} per_sample[i]: each student's loss is a mean over its own
+        samples, whatever their number."""
+        counts = torch.bincount(idx, minlength=k).clamp_min(1).to(per_sample)
+        return (per_sample / counts[idx]).sum()
+
+    def _regression_pairs(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.config
+        if (
+            self._pairs is None
+            or self._pairs[0].device != like.device
+            or self._pairs[0].shape[1:] != like.shape[1:]
+        ):
+            g = torch.Generator(like.device).manual_seed(c.regression_seed)
+            z = torch.randn(
+                (c.regression_pairs, *like.shape[1:]),
+                generator=g,
+                device=like.device,
+                dtype=like.dtype,
+            )
+            with torch.no_grad():
+                y = torch.cat(
+                    [sample(self.teacher, zc, nfe=c.regression_nfe) for zc in z.split(1024)]
+                )
+            self._pairs = (z, y)
+        return self._pairs
+
+    def _tsm_step(self, x: Tensor, cond, generator) -> dict[str, float]:
+        """Teacher score matching: each student regresses the teacher's prediction at
+        x_t = alpha x + sigma eps on the real data of its part (all data for noise partitions)."""
+        k = self.students.num_students
+        by_class = self.students.uses_classes(cond)
+        t = sample_t(x, generator, 1e-3, 1.0)
+        x_t = self.diffuse(x, t, self.noise_like(x, generator))
+        with torch.no_grad():
+            target = self.teacher(x_t, t, cond)
+        idx = self.students.route(x, cond) if by_class else None
+        total = x_t.new_zeros(())
+        for j, student in enumerate(self.students.students):
+            sel = (idx == j).nonzero().squeeze(1) if by_class else None
+            if sel is not None and sel.numel() == 0:
+                continue
+            xs, ts, tg = (x_t, t, target) if sel is None else (x_t[sel], t[sel], target[sel])
+            student.train()
+            err = student(xs, ts, _take(cond, sel) if sel is not None else cond) - tg
+            total = total + err.float().pow(2).mean()
+        self._step_students(total)
+        return {"tsm_loss": total.item() / k}
+
+    # -- train.Task ----------------------------------------------------------------------------
+    def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
+        c = self.config
+        x, cond = split_batch(batch)
+        if step < c.tsm_steps:
+            return self._tsm_step(x, cond, generator)
+        k = self.students.num_students
+        logs: dict[str, float] = {}
+        # 1. routed one-step samples x0 = g_k(z)(z)
+        noise = self.noise_like(x, generator)
+        for s in self.students.students:
+            s.train()
+        idx = self.students.route(noise, cond)
+        x0 = self.students.generate(noise, cond)
+        # 2. distribution matching: each student's mean over its own samples
+        t = sample_t(x0, generator, c.t_min, c.t_max)
+        g, aux = dm_gradient(
+            self.teacher,
+            self.fake,
+            x0,
+            t,
+            self.noise_like(x0, generator),
+            cond,
+            weighting=c.weighting,
+        )
+        per = 0.5 * (x0.float() - (x0 - g).detach().float()).pow(2).flatten(1).mean(1)
+        loss_dm = self._per_student_mean(per, idx, k)
+        total = loss_dm
+        # 3. regression on teacher pairs (unconditional: ties student k to its noise region)
+        if c.regression_weight > 0 and cond is None:
+            z_all, y_all = self._regression_pairs(x)
+            pick = torch.randint(
+                0, z_all.shape[0], (x.shape[0],), generator=generator, device=x.device
+            )
+            z, y = z_all[pick], y_all[pick]
+            ridx = self.students.route(z, None)
+            pred = self.students.generate(z, None)
+            per_reg = (pred.float() - y.float()).pow(2).flatten(1).mean(1)
+            loss_reg = self._per_student_mean(per_reg, ridx, k)
+            total = total + c.regression_weight * loss_reg
+            logs["reg_loss"] = loss_reg.item() / k
+        norms = self._step_students(total)
+        # 4. the shared fake score follows the routed mixture
+        fake_loss = 0.0
+        for _ in range(c.fake_updates):
+            err, _ = denoising_loss(
+                self.fake, x0.detach(), generator=generator, cond=cond, t_min=c.t_min, t_max=c.t_max
+            )
+            self.update("fake", err.mean(), clip=c.grad_clip)
+            fake_loss += err.mean().item()
+        logs["fake_loss"] = fake_loss / c.fake_updates
+        logs["loss"] = loss_dm.item() / k
+        logs["score_gap"] = aux["gap"].mean().item()
+        logs["student_grad_norm"] = max(norms)
+        return logs
+
+    def generator(self) -> Generator:
+        return self.ema.module if self.ema is not None else self.students
+
+
+METHODS = {
+    "msd": (
+        MSDConfig,
+        MSDDistiller,
+        "multi-student distillation: K one-step students, each distilled by distribution "
+        "matching on its part of the class or noise space (MSD, Song et al. 2024)",
+    ),
+}
