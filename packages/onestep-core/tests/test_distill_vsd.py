@@ -441,7 +441,3 @@ def test_distillers_reject_bad_configs(flow_teacher):
         MSDDistiller(flow_teacher, MSDConfig(num_students=2), student_networks=[MLP(2)])
     with pytest.raises(ValueError, match="unknown dispersive variant"):
         dispersive_loss(torch.randn(4, 3), "l1")
-
-
-# Not yet seen to pass on a quiet machine: deselected by default, run with `-m wip`.
-pytestmark = pytest.mark.wip

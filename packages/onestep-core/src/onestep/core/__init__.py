@@ -12,6 +12,7 @@ from .losses import DSMLoss, EDMLoss, FlowMatchingLoss
 from .paths import EDM, VP, Affine, Path, RectifiedFlow
 from .sampling import sample
 from .schedules import Schedule
+from .search import learn_sampler, search_schedule
 
 __all__ = [
     "EDM",
@@ -26,6 +27,8 @@ __all__ = [
     "RectifiedFlow",
     "Schedule",
     "convert",
+    "learn_sampler",
     "sample",
+    "search_schedule",
     "solvers",
 ]

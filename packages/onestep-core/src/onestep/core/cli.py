@@ -1,6 +1,8 @@
 """The `onestep` command. One frozen dataclass per command, parsed into flags.
 
-    onestep demo      train a teacher on a built-in 2-D distribution, sample it, print quality and time
+    onestep demo             train a teacher on a built-in 2-D distribution, sample it, print
+                             quality and time
+    onestep search-schedule  search (and learn) a few-step sampler for a saved model
 """
 
 from __future__ import annotations
@@ -143,7 +145,13 @@ def _scatter(file, ref, x, title):
 
 
 # -- argument parsing from the dataclasses ------------------------------------------------------
-COMMANDS = {"demo": (DemoArgs, demo)}
+def _commands() -> dict:
+    from .cli_search import SearchArgs, search_schedule_cmd
+
+    return {"demo": (DemoArgs, demo), "search-schedule": (SearchArgs, search_schedule_cmd)}
+
+
+COMMANDS = _commands()
 
 
 def _field_docs(cls) -> dict[str, str]:

@@ -5,15 +5,16 @@ One Denoiser call is one NFE (classifier-free guidance batches its two halves in
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import torch
 from torch import Tensor
 
 from . import solvers
-from .schedules import MAX_SIGMA_VE, SCHEDULES, clip_t_max, get_schedule
+from .schedules import MAX_SIGMA_VE, SCHEDULES, Schedule, clip_t_max, get_schedule
 
-__all__ = ["sample", "resolve_solver", "ALIASES"]
+__all__ = ["sample", "resolve_solver", "get_solver", "ALIASES", "LAZY_SOLVERS"]
 
 ALIASES = {
     "dpm++2m": "dpmpp_2m",
@@ -33,15 +34,52 @@ ALIASES = {
 }
 
 
+# Solvers registered outside `solvers` because they import this module: name -> (module, Solver)
+LAZY_SOLVERS = {"usf": ("onestep.core.search", "USF")}
+
+DEFAULT_SOLVER = "dpm++2m"
+
+
 def resolve_solver(name: str) -> str:
     """The registry name of a solver name or alias ("dpm++2m" -> "dpmpp_2m")."""
     key = name.lower().replace(" ", "") if isinstance(name, str) else name
     key = ALIASES.get(key, key)
-    if key not in solvers.SOLVERS:
+    if key not in solvers.SOLVERS and key not in LAZY_SOLVERS:
         raise ValueError(
             f"unknown solver {name!r}; available: {solvers.available()}, aliases: {sorted(ALIASES)}"
         )
     return key
+
+
+def get_solver(name: str) -> solvers.Solver:
+    """The Solver (function and cost model) of a solver name or alias."""
+    key = resolve_solver(name)
+    if key in LAZY_SOLVERS:
+        module, attr = LAZY_SOLVERS[key]
+        return getattr(importlib.import_module(module), attr)
+    return solvers.SOLVERS[key]
+
+
+def _solver_for(solver: str | None, fixed: Schedule | None) -> str:
+    """The solver to run: `solver`, else the one a fixed schedule was made for (its
+    meta["solver"]; "usf" for one with per-step predictions, coefficients or correctors), else
+    DEFAULT_SOLVER. A schedule with per-step predictions, coefficients or correctors runs only on
+    the solver it was made for."""
+    made_for = (fixed.meta or {}).get("solver") if fixed is not None else None
+    searched = fixed is not None and any(
+        getattr(fixed, k) is not None for k in ("predictions", "coefficients", "correctors")
+    )
+    if searched and made_for is None:
+        made_for = "usf"
+    name = resolve_solver(solver or made_for or DEFAULT_SOLVER)
+    if searched:
+        wanted = resolve_solver(made_for)
+        if name != wanted:
+            raise ValueError(
+                f"this schedule sets per-step predictions, coefficients or correctors for the "
+                f"{wanted!r} solver; pass solver=None (or {wanted!r}), not {solver!r}"
+            )
+    return name
 
 
 def sample(
@@ -49,7 +87,7 @@ def sample(
     noise: Tensor,
     *,
     nfe: int | None,
-    solver: str = "dpm++2m",
+    solver: str | None = None,
     schedule="logsnr",
     cond=None,
     generator=None,
@@ -61,9 +99,12 @@ def sample(
     """Draw x_data from unit-normal `noise` (B, ...) with exactly `nfe` network evaluations.
 
     solver: a name in `solvers.available()` or an alias in ALIASES ("dpm++2m", "unipc", "heun",
-        "euler_a", ...); its options (order, eta, variant, thresholding, ...) go in **options.
+        "euler_a", ...), or "usf" (onestep.core.search); its options (order, eta, variant,
+        thresholding, ...) go in **options. None: the solver a fixed Schedule was made for (its
+        meta["solver"], e.g. "usf" for a searched or learned one), else "dpm++2m".
     schedule: a name in schedules.SCHEDULES ("logsnr", "karras", "uniform", "quadratic", "edm"),
-        a Schedule, a schedule JSON file or a tensor of times (then its steps must cost `nfe`).
+        a Schedule, a schedule JSON file or a tensor of times (then its steps must cost `nfe`);
+        a Schedule's per-step orders, predictions, correctors and coefficients go to the solver.
     t_max, t_min: the first time and the smallest positive time of a named schedule. Where the
         path is pure noise at t_max (alpha = 0, rectified flow at t = 1), solvers that need a
         finite logSNR and eps/score networks (whose x0 is undefined there) start at
@@ -71,9 +112,12 @@ def sample(
     nfe: None only for the adaptive "rk45", which reports its NFE in `options["stats"]`.
     The start is x = sigma(t_0) * noise (the prior N(0, sigma^2) at t_0).
     """
-    name = resolve_solver(solver)
-    spec = solvers.SOLVERS[name]
     path = denoiser.path
+    fixed = None
+    if not (isinstance(schedule, str) and schedule in SCHEDULES):
+        fixed = schedule = get_schedule(schedule, None, path)
+    name = _solver_for(solver, fixed)
+    spec = get_solver(name)
     _check_inputs(noise, cond, generator, name, spec)
     valid = set(inspect.signature(spec.fn).parameters) - {
         "denoiser",
@@ -117,8 +161,9 @@ def sample(
         sched = get_schedule(schedule, steps, path, t_max=t_max, t_min=t_min)
     else:
         sched = get_schedule(schedule, None, path)
-        if sched.orders is not None and "orders" in valid:
-            options.setdefault("orders", sched.orders)
+        for key in ("orders", "predictions", "coefficients", "correctors"):
+            if getattr(sched, key) is not None and key in valid:
+                options.setdefault(key, getattr(sched, key))
         to_zero = path.sigma(sched.times[-1]).item() == 0.0
         _check_cost(spec, name, sched.steps, options, nfe, to_zero)
     times = sched.times

@@ -159,7 +159,9 @@ class Schedule:
     orders: per-step solver orders (K,), passed to solvers that take `orders`.
     predictions: per-step prediction kinds (K,) (e.g. "x0" or "eps"), for searched solvers.
     coefficients: learned per-step coefficients (JSON-serialisable), for searched solvers.
-    meta: free-form JSON-serialisable notes (how it was found, for which model).
+    meta: free-form JSON-serialisable notes (how it was found, for which model; meta["solver"]
+        names the solver it was made for, which `sample` runs by default).
+    correctors: per-step corrector flags (K,), for searched solvers (onestep.core.search).
     """
 
     times: Tensor
@@ -167,6 +169,7 @@ class Schedule:
     predictions: tuple[str, ...] | None = None
     coefficients: dict | list | None = None
     meta: dict = field(default_factory=dict)
+    correctors: tuple[bool, ...] | None = None
 
     def __post_init__(self):
         times = torch.as_tensor(self.times, dtype=torch.float64).detach().cpu().flatten()
@@ -181,7 +184,7 @@ class Schedule:
                 f"got {times.tolist()}"
             )
         object.__setattr__(self, "times", times)
-        for name in ("orders", "predictions"):
+        for name in ("orders", "predictions", "correctors"):
             value = getattr(self, name)
             if value is not None:
                 value = tuple(value)
@@ -200,11 +203,12 @@ class Schedule:
             "predictions": self.predictions,
             "coefficients": self.coefficients,
             "meta": self.meta,
+            **({"correctors": list(self.correctors)} if self.correctors is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
-        unknown = set(d) - {"times", "orders", "predictions", "coefficients", "meta"}
+        unknown = set(d) - {"times", "orders", "predictions", "coefficients", "meta", "correctors"}
         if unknown or "times" not in d:
             raise ValueError(f"not a schedule: keys {sorted(d)}")
         return cls(**{**d, "meta": d.get("meta") or {}})

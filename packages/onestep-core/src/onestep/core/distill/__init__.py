@@ -33,4 +33,34 @@ def get_method(name: str) -> tuple:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "DenoiserGenerator", "Distiller", "Generator", "get_method"]
+def toy_config(name: str, teacher=None, **overrides):
+    """The method's config at toy scale (2- to 16-D data, an MLP teacher, batch 256), adapted to
+    `teacher` where that matters (eps teachers with alpha(1) ~ 0); `overrides` replace fields."""
+    return get_method(name)[0].toy_defaults(teacher, **overrides)
+
+
+# Trainer steps a toy-scale run needs, for methods whose config does not fix them.
+_TOY_STEPS = {"cd": 3000, "segment_cd": 3000, "meanflow": 3000, "tdm": 2000, "dmd": 3000,
+              "dmd2": 2000, "disback": 3000, "vsd": 3000, "fdistill": 3000, "sim": 3000, "msd": 3000}
+
+
+def toy_steps(name: str, config) -> int:
+    """Trainer steps for `config` of method `name`: the schedule it defines (progressive rounds,
+    iCT's curriculum, reflow rounds plus distillation, phases) or the toy default."""
+    c = config
+    if name == "progressive":
+        return c.total_steps
+    if name == "ict":
+        return c.total_steps
+    if name in ("reflow", "instaflow"):
+        return c.rounds * c.reflow_steps + getattr(c, "distill_steps", 0)
+    if name == "slimflow":
+        return c.reflow_steps + c.distill_steps
+    if name == "phased_dmd":
+        return c.phase_steps * len(c.phase_times)
+    get_method(name)
+    return _TOY_STEPS[name]
+
+
+__all__ = ["METHODS", "DenoiserGenerator", "Distiller", "Generator", "get_method", "toy_config",
+           "toy_steps"]

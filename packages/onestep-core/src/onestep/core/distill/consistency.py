@@ -296,7 +296,7 @@ class CDConfig:
         _check_common("CDConfig", self)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> CDConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> CDConfig:
         """Toy scale (2-16-D data, MLP teacher; the defaults): train 3000 steps, batch 256."""
         return replace(cls(), **overrides)
 
@@ -484,7 +484,7 @@ class ICTConfig:
         _check_common("ICTConfig", self)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> ICTConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> ICTConfig:
         """Toy scale (the defaults): K = 4000, so train for 4000 steps, batch 256."""
         return replace(cls(), **overrides)
 
@@ -664,7 +664,7 @@ class SegmentCDConfig:
         _check_common("SegmentCDConfig", self)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> SegmentCDConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> SegmentCDConfig:
         """Toy scale (the defaults): 3000 steps, batch 256."""
         return replace(cls(), **overrides)
 

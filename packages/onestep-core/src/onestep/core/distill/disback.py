@@ -109,7 +109,7 @@ class DisBackConfig:
         _check_ema(self.ema_decay)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> DisBackConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> DisBackConfig:
         """Settings for 2-16-D toy data with an MLP teacher: 2000-4000 steps, batch 256."""
         base = dict(
             lr=3e-4,

@@ -268,7 +268,7 @@ class DMDConfig:
         _check_ema(self.ema_decay)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> DMDConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> DMDConfig:
         """Settings for 2-16-D toy data with an MLP teacher: 2000-4000 steps, batch 256."""
         base = dict(lr=3e-4, fake_lr=3e-4, num_pairs=2048, pair_nfe=50, ema_decay=0.99)
         base.update(overrides)
@@ -471,7 +471,7 @@ class DMD2Config:
         _check_ema(self.ema_decay)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> DMD2Config:
+    def toy_defaults(cls, teacher=None, **overrides) -> DMD2Config:
         """Settings for 2-16-D toy data with an MLP teacher: 1500-3000 steps, batch 256."""
         base = dict(lr=3e-4, fake_lr=3e-4, fake_updates=2, ema_decay=0.99)
         base.update(overrides)

@@ -31,7 +31,7 @@ initialisation for every r.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -145,11 +145,11 @@ class MeanFlowConfig:
             )
 
     @classmethod
-    def toy_defaults(cls) -> MeanFlowConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> MeanFlowConfig:
         """Settings for 2-16-D toy data and an MLP teacher: 2000-3000 steps at batch 256, with
         the double-backward JVP (same values, ~3x faster than torch.func.jvp for small MLPs on
         CPU)."""
-        return cls(jvp="double_backward")
+        return replace(cls(jvp="double_backward"), **overrides)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ class PhasedDMDConfig:
             raise ValueError(f"PhasedDMDConfig.guidance must be >= 0, got {self.guidance}")
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> PhasedDMDConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> PhasedDMDConfig:
         """Settings for 2-16-D toy data with an MLP teacher: 2 x 1000 steps, batch 256."""
         base = dict(lr=3e-4, fake_lr=3e-4, phase_steps=1000, fake_updates=2)
         base.update(overrides)

@@ -245,7 +245,7 @@ class ProgressiveConfig:
         check_student_prediction("ProgressiveConfig", self.student_prediction)
 
     @classmethod
-    def toy_defaults(cls, **overrides) -> ProgressiveConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> ProgressiveConfig:
         """The toy-scale settings (the defaults): train for `total_steps` (3000), batch 256."""
         return replace(cls(), **overrides)
 

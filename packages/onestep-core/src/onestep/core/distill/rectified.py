@@ -43,7 +43,7 @@ from `conds` (pass the training conditions) or, failing that, from the first bat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -201,10 +201,10 @@ class ReflowConfig(_CouplingConfig):
         _check_steps(self, rounds=self.rounds, reflow_steps=self.reflow_steps)
 
     @classmethod
-    def toy_defaults(cls) -> ReflowConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> ReflowConfig:
         """Settings for 2-16-D toy data and an MLP teacher: train 2000 steps (Trainer steps =
         rounds * reflow_steps) at batch 256."""
-        return cls()
+        return replace(cls(), **overrides)
 
 
 @dataclass(frozen=True)
@@ -237,9 +237,9 @@ class InstaFlowConfig(ReflowConfig):
             )
 
     @classmethod
-    def toy_defaults(cls) -> InstaFlowConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> InstaFlowConfig:
         """2000 reflow + 1000 distillation steps at batch 256."""
-        return cls()
+        return replace(cls(), **overrides)
 
 
 @dataclass(frozen=True)
@@ -312,9 +312,9 @@ class SlimFlowConfig(_CouplingConfig):
             )
 
     @classmethod
-    def toy_defaults(cls) -> SlimFlowConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> SlimFlowConfig:
         """2000 annealing-reflow + 1000 distillation steps at batch 256."""
-        return cls()
+        return replace(cls(), **overrides)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ whose alpha(1) is not near 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -149,9 +149,9 @@ class TDMConfig:
             raise ValueError(f"TDMConfig.ema_decay must be in [0, 1) or None, got {self.ema_decay}")
 
     @classmethod
-    def toy_defaults(cls) -> TDMConfig:
+    def toy_defaults(cls, teacher=None, **overrides) -> TDMConfig:
         """Settings for 2-16-D toy data and an MLP teacher: 1000-2000 steps at batch 256."""
-        return cls()
+        return replace(cls(), **overrides)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""`onestep search-schedule`: search (and optionally learn) a few-step sampler for a saved model.
+
+    onestep search-schedule --model runs/demo/teacher --nfe 5 --out schedule.json
+    onestep search-schedule --model runs/demo/teacher --nfe 4 --learn --learn-times
+
+The schedule JSON is then used as `sample(denoiser, noise, nfe=5, schedule="schedule.json")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path as FilePath
+
+import torch
+
+__all__ = ["SearchArgs", "search_schedule_cmd"]
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    """Search a sampler (times, per-step order, prediction and corrector) that spends exactly
+    --nfe network evaluations on a saved model, by its endpoint error to the adaptive RK45
+    reference on calibration noise; optionally learn its coefficients (LSD). Writes a schedule
+    JSON that `sample(..., schedule=FILE)` runs."""
+
+    model: str = ""
+    """Folder written by onestep.core.io.save_model (model.json and model.safetensors)."""
+    nfe: int = 5
+    """Network evaluations the sampler spends."""
+    method: str = "evolutionary"
+    """evolutionary (USF search space), gradient (times by backprop), autodiffusion (times for
+    --solver), or none (no search: with --learn, LSD from DPM-Solver++(2M))."""
+    solver: str = "dpm++2m"
+    """The fixed solver of --method autodiffusion."""
+    n_calib: int = 512
+    """Calibration noise samples the search and LSD fit."""
+    n_eval: int = 1000
+    """Held-out noise samples to report the error on (0: skip the report)."""
+    iterations: int = 0
+    """Generations (evolutionary, autodiffusion) or L-BFGS evaluations (gradient); 0: the
+    default."""
+    learn: bool = False
+    """Then learn the solver's per-step coefficients (learnable sampler distillation, LSD)."""
+    learn_times: bool = False
+    """With --learn, learn the times as well (LSD+)."""
+    lsd_iterations: int = 200
+    """L-BFGS evaluations of LSD."""
+    shape: tuple[int, ...] = ()
+    """Shape of one sample; () infers it from an MLP's dim or a DiT's input_shape."""
+    out: str = "schedule.json"
+    """Where to write the schedule JSON."""
+    seed: int = 0
+    """Seed of the calibration and held-out noise and of the search."""
+    progress: bool = True
+    """Show progress bars."""
+    dry_run: bool = False
+    """Print the resolved configuration and stop."""
+
+
+def _sample_shape(info: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if shape:
+        return tuple(shape)
+    net = info["network"]
+    while net["name"] == "edm_precond":
+        net = net["config"]["net"]
+    cfg = net["config"]
+    if net["name"] == "mlp":
+        return (int(cfg["dim"]),)
+    if net["name"] == "dit" and "input_shape" in cfg:
+        return tuple(int(v) for v in cfg["input_shape"])
+    raise ValueError(f"cannot infer the sample shape of a {net['name']!r} network; pass --shape")
+
+
+def search_schedule_cmd(args: SearchArgs) -> dict:
+    """Run the search (and LSD), write the schedule, and report held-out errors."""
+    from .io import load_model
+    from .sampling import sample
+    from .search import METHODS, endpoint_error, learn_sampler, search_schedule
+
+    if not args.model:
+        raise ValueError("--model is required: a folder written by onestep.core.io.save_model")
+    if args.method not in METHODS + ("none",):
+        raise ValueError(f"unknown --method {args.method!r}; use one of {list(METHODS)} or none")
+    if args.method == "none" and not args.learn:
+        raise ValueError("--method none searches nothing: add --learn (LSD from dpm++2m)")
+    if args.learn_times and not args.learn:
+        raise ValueError("--learn-times is LSD+: add --learn")
+    if args.n_calib < 1 or args.n_eval < 0:
+        raise ValueError(
+            f"--n-calib must be >= 1 and --n-eval >= 0, got {args.n_calib}, {args.n_eval}"
+        )
+    den, info = load_model(args.model)
+    den.requires_grad_(False)
+    shape = _sample_shape(info, args.shape)
+    g = torch.Generator().manual_seed(args.seed)
+    calib = torch.randn(args.n_calib, *shape, generator=g)
+    held = torch.randn(args.n_eval, *shape, generator=g)
+    t0 = time.perf_counter()
+    schedule = None
+    if args.method != "none":
+        schedule = search_schedule(
+            den,
+            nfe=args.nfe,
+            noise=calib,
+            method=args.method,
+            iterations=args.iterations or None,
+            solver=args.solver,
+            seed=args.seed,
+            progress=args.progress,
+        )
+    if args.learn:
+        schedule = learn_sampler(
+            den,
+            nfe=args.nfe,
+            noise=calib,
+            base=schedule,
+            learn_times=args.learn_times,
+            iterations=args.lsd_iterations,
+            progress=args.progress,
+        )
+    seconds = time.perf_counter() - t0
+    out = FilePath(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    schedule = dataclasses.replace(schedule, meta={**schedule.meta, "model": str(args.model)})
+    schedule.save(out)
+    result = {"schedule": str(out), "seconds": seconds, "meta": schedule.meta}
+    print(
+        f"{schedule.meta['method']} schedule for {args.model}, nfe={args.nfe}, "
+        f"{seconds:.1f} s: times {[round(t, 4) for t in schedule.times.tolist()]}"
+    )
+    if schedule.orders is not None:
+        print(
+            f"  orders {list(schedule.orders)}, predictions {list(schedule.predictions or [])}"
+            f", correctors {list(schedule.correctors or [])}"
+        )
+    if args.n_eval:
+        with torch.no_grad():
+            ref = sample(den, held, nfe=None, solver="rk45")
+            found = sample(den, held, nfe=args.nfe, schedule=schedule)
+            default = sample(den, held, nfe=args.nfe, solver="dpm++2m")
+        result["held_out_error"] = endpoint_error(found, ref)
+        result["default_held_out_error"] = endpoint_error(default, ref)
+        print(
+            f"  held-out RMS error to rk45: {result['held_out_error']:.4g} "
+            f"(dpm++2m on logsnr: {result['default_held_out_error']:.4g})"
+        )
+    print(f"wrote {out}")
+    return result

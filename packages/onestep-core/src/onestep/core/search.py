@@ -1,0 +1,1097 @@
+"""Searched and learned few-step samplers, stored as a `Schedule` and run by `sample`.
+
+The per-step solver follows the unified sampling framework (USF; Liu et al. 2024, "A Unified
+Sampling Framework for Solver Searching of Diffusion Probabilistic Models", Sec. 3): step i, from
+lam_i to lam_{i+1} (lam = log(alpha / sigma); t=1 noise, t=0 data), expands the data prediction x0
+or the noise prediction eps in a Taylor series in lam at lam_i, to order k_i in {1, 2, 3}, the
+derivatives by divided differences of the last k_i predictions (multistep: one NFE a step), and
+integrates every term exactly (h = lam_{i+1} - lam_i, rho = sigma / alpha, T_n the n-th Taylor
+coefficient):
+
+    data:     x_{i+1} = sigma_{i+1}/sigma_i x_i + alpha_{i+1} sum_n c_in n! A_n(h) T_n[x0]
+    noise:    x_{i+1} = alpha_{i+1}/alpha_i x_i - alpha_{i+1} rho_i sum_n c_in n! G_n(h) T_n[eps]
+    velocity: x_{i+1} = x_i + sum_n c_in T_n[u] (t_{i+1} - t_i)^{n+1} / (n+1)
+
+A_n(h) = int_0^h e^{tau-h} tau^n/n! dtau, G_n(h) = 1 - e^{-h} sum_{j<=n} h^j/j! (both finite on
+a step to t = 0, where the noise form may be of any order). The third, velocity form expands
+u = dx/dt in t (Adams-Bashforth; Euler at order 1): beyond USF's two exponential-integrator
+forms, it is what few-step samplers of flow models use, and it may start from pure noise. An
+optional corrector redoes a step with the model's next prediction as one more node (UniC; Zhao
+et al. 2023; no extra NFE). c_in = 1 unless learned. Order 2 in x0 is DEIS in log-rho, and with
+c_i1 = A_0 h / (2 A_1) it is DPM-Solver++(2M) exactly. A `Schedule` holds the times and per step
+`orders`, `predictions`, `correctors` and `coefficients`; `sample(denoiser, noise, nfe=K,
+schedule=s)` runs it.
+
+Three searches minimise the RMS endpoint error to the adaptive RK45 reference on a calibration
+batch:
+  "evolutionary"   the search space (times, and per step order, prediction, corrector) by an
+                   elitist evolutionary algorithm (S^3 adds a learned performance predictor; here
+                   every candidate is evaluated, a generation in one batched call).
+  "gradient"       the times, as a softmax of logSNR increments, by backprop through the solver.
+  "autodiffusion"  the times only, for a fixed registered solver (Li et al. 2023, AutoDiffusion:
+                   training-free evolutionary time-step search).
+`learn_sampler` is learnable sampler distillation (LSD; Fu et al. 2025, carried from discrete to
+continuous diffusion): the c_in are learned so that the few-step trajectory matches the teacher's
+RK45 trajectory after every step; LSD+ (`learn_times=True`) learns the times too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .sampling import resolve_solver, sample
+from .schedules import SCHEDULES, Schedule, clip_t_max, default_t_min, uniform_logsnr
+from .solvers import SOLVERS, Solver
+from .solvers._common import check_times, report
+
+__all__ = [
+    "sample_usf",
+    "USF",
+    "Plan",
+    "usf_plan",
+    "effective_orders",
+    "dpmpp_2m_coefficients",
+    "METHODS",
+    "search_schedule",
+    "learn_sampler",
+    "teacher_trajectory",
+    "Trajectory",
+    "endpoint_error",
+]
+
+METHODS = ("evolutionary", "gradient", "autodiffusion")
+PREDICTIONS = ("x0", "eps", "velocity")
+MAX_ORDER = 3
+_MIN_GAP = 1e-2  # smallest logSNR/2 gap between searched times
+
+
+# -- the solver ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """What each USF step does, normalised to what the times allow.
+
+    orders: predictor orders (K,), capped by the history: for "x0" and "eps" the earlier
+        predictions at finite lam (a pure-noise start, alpha = 0, is not one), for "velocity"
+        all of them; a data-prediction step to sigma = 0 is first order.
+    predictions: "x0", "eps" (Taylor in lam, exponential integrator) or "velocity" (Taylor in t,
+        Adams-Bashforth) per step (K,); a step from pure noise is not "eps" (alpha = 0 there).
+    correctors: (K,) whether step i is redone once the model has been called at its end, with
+        that prediction as one more node, one order higher (UniC, Zhao et al. 2023; no extra
+        NFE). Not on the last step, nor on a lam-step from pure noise."""
+
+    orders: tuple[int, ...]
+    predictions: tuple[str, ...]
+    correctors: tuple[bool, ...]
+
+    @property
+    def terms(self) -> tuple[int, ...]:
+        """Taylor terms of each step's final update: its order, + 1 when corrected."""
+        return tuple(k + int(c) for k, c in zip(self.orders, self.correctors, strict=True))
+
+
+def usf_plan(path, times, orders=None, predictions=None, correctors=None) -> Plan:
+    """The normalised Plan of USF steps on `times` (defaults: order 2, "x0", no corrector)."""
+    times = check_times(times)
+    steps = times.numel() - 1
+
+    def per_step(value, default, name):
+        value = [default] * steps if value is None else list(value)
+        if len(value) != steps:
+            raise ValueError(f"usf: got {len(value)} {name} for {steps} steps")
+        return value
+
+    orders = [int(k) for k in per_step(orders, 2, "orders")]
+    kinds = per_step(predictions, "x0", "predictions")
+    corr = [bool(c) for c in per_step(correctors, False, "correctors")]
+    for k in orders:
+        if not 1 <= k <= MAX_ORDER:
+            raise ValueError(f"usf supports orders 1..{MAX_ORDER}, got {k}")
+    for p in kinds:
+        if p not in PREDICTIONS:
+            raise ValueError(f"usf predictions must be one of {list(PREDICTIONS)}, got {p!r}")
+    pure = path.alpha(times[0]).item() == 0.0
+    if pure:
+        kinds[0] = "x0" if kinds[0] == "eps" else kinds[0]
+        corr[0] = corr[0] and kinds[0] == "velocity"
+    corr[-1] = False
+    for i in range(steps):
+        history = i - 1 if pure and i > 0 and kinds[i] != "velocity" else i
+        orders[i] = min(orders[i], history + 1)
+    if path.sigma(times[-1]).item() == 0.0 and kinds[-1] == "x0":
+        orders[-1] = 1  # the data form's higher terms would weigh x0 at lam = +inf
+    return Plan(tuple(orders), tuple(kinds), tuple(corr))
+
+
+def effective_orders(path, times, orders=None, predictions=None) -> tuple[int, ...]:
+    """The predictor orders `usf_plan` allows on `times`."""
+    return usf_plan(path, times, orders, predictions).orders
+
+
+def _coefficient_tensor(coefficients, terms: Sequence[int]) -> Tensor | None:
+    """[[c_i0, ..., c_i(n_i - 1)], ...] -> (K, MAX_ORDER + 1) float64, zero past each step's
+    n_i terms."""
+    if coefficients is None:
+        return None
+    if isinstance(coefficients, dict) or len(coefficients) != len(terms):
+        raise ValueError(
+            f"usf coefficients must be a list of {len(terms)} per-step lists, one multiplier per "
+            f"Taylor term of the step's final update: {list(terms)} terms"
+        )
+    out = torch.zeros(len(terms), MAX_ORDER + 1, dtype=torch.float64)
+    for i, (c, n) in enumerate(zip(coefficients, terms, strict=True)):
+        c = [float(v) for v in c]
+        if len(c) != n:
+            raise ValueError(
+                f"usf step {i} has {n} Taylor terms (its order, + 1 if corrected) but {len(c)} "
+                f"coefficients; the steps' terms are {list(terms)}"
+            )
+        out[i, :n] = torch.tensor(c, dtype=torch.float64)
+    return out
+
+
+def sample_usf(
+    denoiser,
+    x: Tensor,
+    times,
+    *,
+    cond=None,
+    generator=None,
+    callback=None,
+    orders: Sequence[int] | None = None,
+    predictions: Sequence[str] | None = None,
+    correctors: Sequence[bool] | None = None,
+    coefficients: Sequence[Sequence[float]] | None = None,
+) -> Tensor:
+    """USF multistep solver (Liu et al. 2024, Sec. 3): per step an order-k (`orders`, 1-3) Taylor
+    expansion of x0 or eps in lam, or of the velocity in t (`predictions`: "x0", "eps",
+    "velocity"), integrated exactly, an optional corrector (`correctors`), and multipliers
+    `coefficients[i][n]` of its terms (LSD). x: (B, ...)."""
+    path = denoiser.path
+    times = check_times(times)
+    plan = usf_plan(path, times, orders, predictions, correctors)
+    coef = _coefficient_tensor(coefficients, plan.terms)
+    out, _ = _run(
+        denoiser,
+        x[None],
+        times[None],
+        _plan_tensors([plan]),
+        None if coef is None else coef[None],
+        cond,
+        callback=callback,
+    )
+    return out[0]
+
+
+USF = Solver(sample_usf)
+"""The registry entry of the USF solver: multistep, one NFE a step, may start at pure noise."""
+
+
+def dpmpp_2m_coefficients(path, times) -> list[list[float]]:
+    """The coefficients that make USF's order-2 data-prediction steps DPM-Solver++(2M) (Lu et al.
+    2022b, Alg. 2): its update alpha A_0(h) (x0 + h/2 x0') weighs x0' by A_0 h/2 instead of A_1."""
+    times = check_times(times)
+    lam = (0.5 * path.log_snr(times)).tolist()
+    out = []
+    for i, k in enumerate(usf_plan(path, times).orders):
+        if k == 1:
+            out.append([1.0])
+            continue
+        h = lam[i + 1] - lam[i]
+        a0 = -math.expm1(-h)
+        out.append([1.0, a0 * h / 2 / (h - a0)])
+    return out
+
+
+def _plan_tensors(plans: Sequence[Plan]) -> tuple[Tensor, Tensor, Tensor]:
+    """(orders (P, K) long, prediction index into PREDICTIONS (P, K) long, corrector mask (P, K)
+    bool)."""
+    return (
+        torch.tensor([p.orders for p in plans]),
+        torch.tensor([[PREDICTIONS.index(k) for k in p.predictions] for p in plans]),
+        torch.tensor([p.correctors for p in plans]),
+    )
+
+
+def _col(v: Tensor, x: Tensor) -> Tensor:
+    """(P,) -> (P, 1, ...) in x's dtype, broadcasting over x (P, N, ...)."""
+    return v.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _tile(cond, p: int):
+    """A per-sample condition (N, ...) repeated for P candidates (P * N, ...)."""
+    if cond is None or p == 1:
+        return cond
+    if isinstance(cond, dict):
+        return {k: _tile(v, p) for k, v in cond.items()}
+    if torch.is_tensor(cond) and cond.ndim > 0:
+        return cond.repeat(p, *([1] * (cond.ndim - 1)))
+    return cond
+
+
+def _taylor(z: list[Tensor], f: list[Tensor], m: Tensor) -> list[Tensor]:
+    """The Taylor coefficients T_n = p^(n)(z0) / n!, n = 0..3, at z0 = z[0] of the polynomial
+    through the first m (P,) of the nodes z (each (P,)) with values f (each (P, N, ...)), by
+    Newton's divided differences; zero past degree m - 1."""
+    x = f[0]
+    newton, table = [f[0]], list(f)
+    for level in range(1, len(z)):
+        table = [
+            (table[j + 1] - table[j]) / _col(z[j + level] - z[j], x) for j in range(len(table) - 1)
+        ]
+        newton.append(table[0] * _col((m > level).double(), x))
+    newton += [torch.zeros_like(x)] * (MAX_ORDER + 1 - len(newton))
+    # node offsets; one at lam = -inf (a pure-noise start) has a zero divided difference
+    d1, d2 = (_col(_finite(z[j] - z[0]), x) if len(z) > j else 0.0 for j in (1, 2))
+    f0, f1, f2, f3 = newton
+    # p = f0 + f1 tau + f2 tau (tau - d1) + f3 tau (tau - d1)(tau - d2), tau = z - z0
+    return [f0, f1 - f2 * d1 + f3 * d1 * d2, f2 - f3 * (d1 + d2), f3]
+
+
+def _finite(v: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(v), v, torch.zeros_like(v))
+
+
+def _weights(h: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """n! A_n(h) (data form) and n! G_n(h) (noise form), n = 0..3, for h (P,) in (0, +inf]:
+    A_n(h) = int_0^h e^{tau-h} tau^n/n! dtau, G_n(h) = 1 - e^{-h} sum_{j<=n} h^j/j!. Power
+    series below h = 0.5, where the recursions cancel; h = +inf gives A_0 = G_n = 1 (A_n, n > 0,
+    is never used there)."""
+    inf = torch.isinf(h)
+    hf = torch.where(inf, torch.ones_like(h), h)
+    small = hf < 0.5
+    hs = torch.where(small, hf, torch.zeros_like(hf))  # the series' argument, kept small
+    a, g = [-torch.expm1(-hf)], [-torch.expm1(-hf)]
+    for n in range(1, MAX_ORDER + 1):
+        a.append(hf**n / math.factorial(n) - a[-1])
+        g.append(g[-1] - torch.exp(-hf) * hf**n / math.factorial(n))
+    wa, wg = [], []
+    for n in range(MAX_ORDER + 1):
+        fact = math.factorial(n)
+        sa = sum((-1) ** j * hs ** (n + 1 + j) / math.factorial(n + 1 + j) for j in range(10))
+        sg = torch.exp(-hs) * sum(hs ** (n + 1 + j) / math.factorial(n + 1 + j) for j in range(10))
+        an = torch.where(small, sa, a[n]) * fact
+        wa.append(torch.where(inf, torch.ones_like(h), an) if n == 0 else an)
+        wg.append(torch.where(inf, torch.full_like(h, fact), torch.where(small, sg, g[n]) * fact))
+    return wa, wg
+
+
+def _update(x, grid, i, kind, taylor, c):
+    """x_{i+1} from x_i (P, N, ...) and the Taylor coefficients of x0, eps (at lam_i) and the
+    velocity (at t_i); kind (P,) indexes PREDICTIONS."""
+    alpha, sigma, h = grid["alpha"], grid["sigma"], grid["h"][:, i]
+    t_x0, t_eps, t_vel = taylor
+    wa, wg = _weights(h)
+    dt = grid["t"][:, i + 1] - grid["t"][:, i]
+    wv = [dt ** (n + 1) / (n + 1) for n in range(MAX_ORDER + 1)]
+    if c is not None:
+        wa, wg, wv = ([w * c[:, n] for n, w in enumerate(ws)] for ws in (wa, wg, wv))
+    a_s, s_s, a_t, s_t = alpha[:, i], sigma[:, i], alpha[:, i + 1], sigma[:, i + 1]
+
+    def terms(ws, ts):
+        return sum(_col(w, x) * tn for w, tn in zip(ws, ts, strict=True))
+
+    # data form: x_t = sigma_t / sigma_s x_s + alpha_t sum_n n! A_n(h) T_n[x0]
+    out = _col(s_t / s_s, x) * x + _col(a_t, x) * terms(wa, t_x0)
+    # noise form: x_t = alpha_t / alpha_s x_s - alpha_t rho_s sum_n n! G_n(h) T_n[eps],
+    # rho = sigma / alpha (finite on a step to sigma = 0; undefined from alpha_s = 0)
+    a_safe = torch.where(a_s > 0, a_s, torch.ones_like(a_s))
+    x_noise = _col(a_t / a_safe, x) * x - _col(a_t * s_s / a_safe, x) * terms(wg, t_eps)
+    out = torch.where(_col(kind == 1, x).bool(), x_noise, out)
+    # velocity form (Adams-Bashforth in t): x_t = x_s + sum_n T_n[u] (t - s)^(n+1) / (n+1)
+    x_vel = x + terms(wv, t_vel)
+    return torch.where(_col(kind == 2, x).bool(), x_vel, out)
+
+
+def _run(denoiser, x, t, plan, coef, cond, *, callback=None, keep=False):
+    """The USF solver for P candidates at once. x: (P, N, ...) at t[:, 0]; t: (P, K+1) float64
+    (may require grad); plan: (orders, prediction index, corrector mask), each (P, K),
+    normalised by `usf_plan`; coef: (P, K, 4) multipliers or None. Returns (x at t[:, -1], the
+    states at t[:, 1:] if keep)."""
+    path = denoiser.path
+    p, n = x.shape[:2]
+    steps = t.shape[1] - 1
+    orders, kind, corr = (v.to(x.device) for v in plan)
+    co = path.coefficients(t)  # (P, K+1) each
+    lam = 0.5 * path.log_snr(t)
+    grid = {"t": t, "alpha": co.alpha, "sigma": co.sigma, "h": lam[:, 1:] - lam[:, :-1]}
+    cond = _tile(cond, p)
+    # the predictions so far, newest last: (t_j, lam_j, x0_j, eps_j, velocity_j)
+    hist: list[tuple[Tensor, ...]] = []
+    states, last = [], None  # last: (x_i, step i's predictor nodes and values)
+    for i in range(steps):
+        # 1. the model at (x_i, t_i), every candidate in one batch
+        flat = x.reshape(p * n, *x.shape[2:])
+        x0, eps = denoiser.x0_eps(flat, t[:, i].repeat_interleave(n), cond)
+        x0, eps = x0.reshape(x.shape), eps.reshape(x.shape)
+        vel = _col(co.d_alpha[:, i], x) * x0 + _col(co.d_sigma[:, i], x) * eps
+        new = (t[:, i], lam[:, i], x0, eps, vel)
+        # 2. corrector: redo step i - 1 with this prediction as one more node (no extra NFE)
+        if last is not None and bool(corr[:, i - 1].any()):
+            x_prev, nodes = last
+            nodes = [
+                z[:1] + [v] + z[1:]
+                for z, v in zip(nodes, (lam[:, i], x0, eps, t[:, i], vel), strict=True)
+            ]
+            c = None if coef is None else coef[:, i - 1]
+            x_corr = _update(
+                x_prev, grid, i - 1, kind[:, i - 1], _expansions(nodes, orders[:, i - 1] + 1), c
+            )
+            x = torch.where(_col(corr[:, i - 1], x).bool(), x_corr, x)
+        if keep and i > 0:
+            states.append(x)
+        report(callback, i, t[0, i].item(), x[0], x0[0])
+        # 3. predictor: Taylor expansions at lam_i (x0, eps; finite-lam history) and at t_i
+        #    (velocity; all history) through the last k_i predictions
+        past = [e for e in hist if bool(torch.isfinite(e[1]).all())][::-1][: MAX_ORDER - 1]
+        past_t = hist[::-1][: MAX_ORDER - 1]
+        nodes = [
+            [lam[:, i]] + [e[1] for e in past],
+            [x0] + [e[2] for e in past],
+            [eps] + [e[3] for e in past],
+            [t[:, i]] + [e[0] for e in past_t],
+            [vel] + [e[4] for e in past_t],
+        ]
+        # the multipliers act on a step's final update: the corrector's when it has one
+        c = None
+        if coef is not None:
+            c = torch.where(_col(corr[:, i], coef[:, i]).bool(), 1.0, coef[:, i])
+        x_next = _update(x, grid, i, kind[:, i], _expansions(nodes, orders[:, i]), c)
+        last = (x, nodes)
+        hist = (hist + [new])[-MAX_ORDER:]
+        x = x_next
+    if keep:
+        states.append(x)
+    return x, (states if keep else None)
+
+
+def _expansions(nodes, m):
+    """The Taylor coefficients of x0 and eps in lam and of the velocity in t, through m nodes."""
+    zl, fx, fe, zt, fv = nodes
+    return _taylor(zl, fx, m), _taylor(zl, fe, m), _taylor(zt, fv, m)
+
+
+# -- errors and the reference ---------------------------------------------------------------------
+def endpoint_error(x: Tensor, reference: Tensor) -> float:
+    """Root-mean-square difference over every coordinate of x (B, ...) and the reference."""
+    return (x.double() - reference.double()).pow(2).mean().sqrt().item()
+
+
+def _rms(x: Tensor, reference: Tensor) -> Tensor:
+    """Per-candidate RMS error: x (P, N, ...) against reference (N, ...) -> (P,)."""
+    d = (x.double() - reference.double()[None]).pow(2)
+    return d.reshape(d.shape[0], -1).mean(1).sqrt()
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The teacher's probability-flow trajectory on a uniform lam grid (RK45 through every grid
+    time), for trajectory matching.
+
+    t0: the start time (the noise is scaled to it). lam: (M,) uniform grid of lam = logSNR/2,
+    from the first searchable time to the smallest default time. states: (M, N, ...) the
+    teacher's x at each grid lam. endpoint: (N, ...) its x at t = 0 (the reference)."""
+
+    t0: float
+    lam: Tensor
+    states: Tensor
+    endpoint: Tensor
+
+    def at(self, lam: Tensor) -> Tensor:
+        """States (len(lam), N, ...) at lam values inside the grid, by 4-point (cubic) Lagrange
+        interpolation in lam; differentiable in lam."""
+        m = self.lam.numel()
+        lo, dl = self.lam[0], self.lam[1] - self.lam[0]
+        u = (lam - lo) / dl
+        j = (torch.floor(u.detach()) - 1).clamp(0, m - 4).long()  # (Q,) first of 4 nodes
+        s = u - j.double()  # in [0, 3] inside the grid
+        out = 0.0
+        for a in range(4):
+            w = torch.ones_like(s)
+            for b in range(4):
+                if b != a:
+                    w = w * (s - b) / (a - b)
+            out = out + _col(w, self.states[0][None]) * self.states[j + a]
+        return out
+
+
+def _bounds(path, t0: float) -> tuple[float, float]:
+    """(lam_lo, lam_hi): the range of the searchable times, from the first finite lam at or
+    below t0 to the default smallest time (sigma/alpha = 0.002, or a discrete model's step 0)."""
+    lo = 0.5 * path.log_snr(clip_t_max(path, t0)).item()
+    hi = 0.5 * path.log_snr(default_t_min(path)).item()
+    if not hi > lo + 2 * _MIN_GAP:
+        raise ValueError(f"no room to search times below t={t0} on {path!r}")
+    return lo, hi
+
+
+def _start_time(denoiser, t_max: float) -> float:
+    """Where a USF sample starts: t_max, or below it where eps/score networks have no x0 (alpha
+    = 0); as `sample` does for a solver that may start at pure noise."""
+    if not 0.0 < t_max <= 1.0:
+        raise ValueError(f"t_max must be in (0, 1], got {t_max}")
+    if getattr(denoiser, "prediction", None) in ("eps", "score"):
+        return clip_t_max(denoiser.path, t_max)
+    return float(t_max)
+
+
+def teacher_trajectory(
+    denoiser, noise: Tensor, *, cond=None, t_max: float = 1.0, points: int = 64, t0=None, **rk45
+) -> Trajectory:
+    """The RK45 reference (`sample(..., solver="rk45")`) from `noise`, recorded at `points`
+    uniform lam values between the searchable bounds. rk45: its rtol, atol options."""
+    if not isinstance(points, int) or points < 4:
+        raise ValueError(f"points must be an integer >= 4 (cubic interpolation), got {points!r}")
+    path = denoiser.path
+    t0 = _start_time(denoiser, t_max) if t0 is None else float(t0)
+    lo, hi = _bounds(path, t0)
+    lam = torch.linspace(lo, hi, points, dtype=torch.float64)
+    grid = path.t_from_log_snr(2 * lam)
+    pure = path.alpha(torch.tensor(t0, dtype=torch.float64)).item() == 0.0
+    if pure:  # the grid starts just below t0 (alpha = 0 there has lam = -inf)
+        grid = torch.cat([torch.tensor([t0], dtype=torch.float64), grid])
+    else:
+        grid[0] = t0
+    times = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
+    seen: list[Tensor] = []
+    with torch.no_grad():
+        end = sample(
+            denoiser,
+            noise,
+            nfe=None,
+            solver="rk45",
+            schedule=times,
+            cond=cond,
+            callback=lambda d: seen.append(d["x"]),
+            **rk45,
+        )
+    states = torch.stack(seen[1:] if pure else seen)
+    return Trajectory(t0, lam, states, end)
+
+
+def _reference(denoiser, noise, cond, t_max, reference) -> Tensor:
+    if reference is None:
+        with torch.no_grad():
+            return sample(denoiser, noise, nfe=None, solver="rk45", cond=cond, t_max=t_max)
+    if not torch.is_tensor(reference) or reference.shape != noise.shape:
+        raise ValueError(
+            f"reference must be the rk45 endpoint of `noise`, of shape {tuple(noise.shape)}; got "
+            f"{tuple(reference.shape) if torch.is_tensor(reference) else type(reference).__name__}"
+        )
+    return reference
+
+
+# -- genomes: interior times in lam, orders, prediction kinds, correctors -------------------------
+@dataclass(frozen=True)
+class _Space:
+    path: object
+    t0: float
+    steps: int
+    lo: float
+    hi: float
+    pure: bool
+
+    def repair(self, lam: np.ndarray) -> np.ndarray:
+        """Sorted interior lam (K-1,) inside (lo, hi], at least _MIN_GAP apart."""
+        lam = np.sort(np.clip(lam, self.lo, self.hi))
+        m = lam.size
+        for j in range(m):  # push up from the start
+            floor = self.lo + (j + (0 if self.pure else 1)) * _MIN_GAP
+            lam[j] = max(lam[j], floor if j == 0 else max(floor, lam[j - 1] + _MIN_GAP))
+        for j in range(m - 1, -1, -1):  # and down from the end
+            ceil = self.hi - (m - 1 - j) * _MIN_GAP
+            lam[j] = min(lam[j], ceil if j == m - 1 else min(ceil, lam[j + 1] - _MIN_GAP))
+        return lam
+
+    def times(self, lam: Tensor) -> Tensor:
+        """(P, K-1) interior lam -> (P, K+1) times [t0, interior, 0]; differentiable in lam."""
+        p = lam.shape[0]
+        t0 = torch.full((p, 1), self.t0, dtype=torch.float64)
+        mid = self.path.t_from_log_snr(2 * lam).reshape(p, lam.shape[1])
+        return torch.cat([t0, mid, torch.zeros(p, 1, dtype=torch.float64)], 1)
+
+    def named(self, name: str) -> np.ndarray:
+        """The interior lam of a named schedule (schedules.SCHEDULES) from t0."""
+        t = SCHEDULES[name](self.steps, self.path, t_max=self.t0)
+        return self.repair((0.5 * self.path.log_snr(t[1:-1])).numpy())
+
+    def plan(self, g) -> Plan:
+        """The normalised Plan of a genome (lam, orders, noise-form flags, corrector flags)."""
+        t = self.times(torch.as_tensor(g[0], dtype=torch.float64)[None])[0]
+        kinds = [PREDICTIONS[int(e)] for e in g[2]]
+        return usf_plan(self.path, t, g[1], kinds, g[3])
+
+
+def _logits_from_lam(space: _Space, lam: Tensor, floor: float = 1e-3) -> Tensor:
+    """Softmax logits of the K increments (K-1 interior gaps + the slack to hi) in lam; gaps
+    below `floor` of the range are raised to it (a softmax weight near 0 barely moves)."""
+    edges = torch.cat([torch.tensor([space.lo]), lam, torch.tensor([space.hi])]).double()
+    gaps = (edges[1:] - edges[:-1]).clamp_min(floor * (space.hi - space.lo))
+    return torch.log(gaps)
+
+
+def _lam_from_logits(space: _Space, logits: Tensor) -> Tensor:
+    """Interior lam (K-1,) = lo + (hi - lo) cumsum(softmax(logits))[:-1]."""
+    frac = torch.cumsum(torch.softmax(logits, 0), 0)[:-1]
+    return space.lo + (space.hi - space.lo) * frac
+
+
+@contextmanager
+def _frozen(module):
+    """Gradients flow to the inputs only, not into the network's parameters."""
+    params = [q for q in getattr(module, "parameters", lambda: [])() if q.requires_grad]
+    for q in params:
+        q.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for q in params:
+            q.requires_grad_(True)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _check_common(denoiser, nfe, noise) -> None:
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    if (
+        not torch.is_tensor(noise)
+        or not noise.is_floating_point()
+        or noise.ndim < 1
+        or noise.shape[0] == 0
+    ):
+        raise ValueError(
+            "noise must be a non-empty floating-point batch (B, ...) of unit-normal "
+            "calibration noise"
+        )
+    if not hasattr(denoiser, "x0_eps") or not hasattr(denoiser, "path"):
+        raise ValueError(f"denoiser must be a onestep Denoiser, got {type(denoiser).__name__}")
+
+
+# -- the search ---------------------------------------------------------------------------------
+def search_schedule(
+    denoiser,
+    *,
+    nfe: int,
+    noise: Tensor,
+    cond=None,
+    method: str = "evolutionary",
+    reference: Tensor | None = None,
+    iterations: int | None = None,
+    population: int = 16,
+    solver: str = "dpm++2m",
+    init: Schedule | None = None,
+    t_max: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> Schedule:
+    """A Schedule spending exactly `nfe` NFE that minimises the RMS endpoint error to the RK45
+    reference of the calibration `noise` (B, ...).
+
+    method: "evolutionary" (times, and per step the order, prediction and corrector of the USF
+        solver; the default), "gradient" (the times, by backprop through the USF solver, from
+        `init` or the best named schedule), "autodiffusion" (the times only, for the registered
+        deterministic `solver`).
+    reference: the rk45 endpoint of `noise`, computed here (once) if None.
+    iterations: generations (evolutionary, autodiffusion; default 40) or objective evaluations of
+        L-BFGS (gradient; default 100). population: candidates per generation.
+    The Schedule's meta records the method, nfe, the solver it runs on, and the calibration
+    errors of the result and of the default (dpm++2m on the logsnr schedule)."""
+    _check_common(denoiser, nfe, noise)
+    if method not in METHODS:
+        raise ValueError(f"unknown search method {method!r}; use one of {list(METHODS)}")
+    if iterations is not None and (not isinstance(iterations, int) or iterations < 0):
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if not isinstance(population, int) or population < 2:
+        raise ValueError(f"population must be an integer >= 2, got {population!r}")
+    path = denoiser.path
+    ref = _reference(denoiser, noise, cond, t_max, reference)
+    with torch.no_grad():
+        default = sample(denoiser, noise, nfe=nfe, solver="dpm++2m", cond=cond, t_max=t_max)
+    meta = {
+        "method": method,
+        "nfe": nfe,
+        "reference": "rk45",
+        "n_calib": int(noise.shape[0]),
+        "seed": seed,
+        "default_error": endpoint_error(default, ref),
+    }
+    try:
+        meta["path"] = path.config
+    except ValueError:
+        pass
+    rng = np.random.default_rng(seed)
+    if method == "autodiffusion":
+        iterations = 40 if iterations is None else iterations
+        return _autodiffusion(
+            denoiser,
+            noise,
+            cond,
+            ref,
+            nfe,
+            solver,
+            t_max,
+            iterations,
+            population,
+            rng,
+            progress,
+            meta,
+        )
+    space = _usf_space(denoiser, nfe, t_max)
+    if method == "gradient":
+        iterations = 100 if iterations is None else iterations
+        return _gradient(denoiser, noise, cond, ref, space, init, iterations, progress, meta)
+    iterations = 40 if iterations is None else iterations
+    return _evolutionary(
+        denoiser, noise, cond, ref, space, iterations, population, rng, progress, meta
+    )
+
+
+def _usf_space(denoiser, steps: int, t_max: float) -> _Space:
+    path = denoiser.path
+    t0 = _start_time(denoiser, t_max)
+    return _Space(path, t0, steps, *_bounds(path, t0), _is_pure(path, t0))
+
+
+def _is_pure(path, t: float) -> bool:
+    return path.alpha(torch.tensor(t, dtype=torch.float64)).item() == 0.0
+
+
+def _usf_schedule(space: _Space, lam, plan: Plan, coefficients=None, meta=None) -> Schedule:
+    times = space.times(torch.as_tensor(lam, dtype=torch.float64).detach()[None])[0]
+    return Schedule(
+        times,
+        orders=plan.orders,
+        predictions=plan.predictions,
+        correctors=plan.correctors,
+        coefficients=coefficients,
+        meta={**(meta or {}), "solver": "usf"},
+    )
+
+
+class _Evaluator:
+    """Endpoint errors of USF genomes on the calibration batch, `chunk` candidates per network
+    call."""
+
+    def __init__(self, denoiser, noise, cond, ref, space: _Space, chunk: int = 16):
+        self.den, self.noise, self.cond, self.ref, self.space = denoiser, noise, cond, ref, space
+        self.chunk, self.count = chunk, 0
+
+    def __call__(self, genomes) -> list[float]:
+        errs = []
+        for s in range(0, len(genomes), self.chunk):
+            part = genomes[s : s + self.chunk]
+            lam = torch.as_tensor(np.stack([g[0] for g in part]), dtype=torch.float64)
+            t = self.space.times(lam)  # (P, K+1)
+            plan = _plan_tensors([self.space.plan(g) for g in part])
+            x = self.noise[None] * _col(self.space.path.sigma(t[:, 0]), self.noise[None])
+            with torch.no_grad():
+                out, _ = _run(self.den, x, t, plan, None, self.cond)
+            errs += [v if math.isfinite(v) else math.inf for v in _rms(out, self.ref).tolist()]
+            self.count += len(part)
+        return errs
+
+
+def _mutate(g, space: _Space, scale: float, rng, discrete: bool):
+    """Gaussian steps of the times in lam (one, some, or all together), and with probability 1/K
+    per step a new order, a new prediction, a corrector flip."""
+    lam, orders, eps, corr = (v.copy() for v in g)
+    k = space.steps
+    if lam.size:
+        if rng.random() < 0.25:
+            lam = lam + rng.normal(0, scale / 2)
+        else:
+            hit = rng.random(lam.size) < 0.5
+            if not hit.any():
+                hit[rng.integers(lam.size)] = True
+            lam = lam + hit * rng.normal(0, scale, lam.size)
+        lam = space.repair(lam)
+    if discrete:
+        for i in range(k):
+            if rng.random() < 1.0 / k:
+                orders[i] = rng.integers(1, MAX_ORDER + 1)
+            if rng.random() < 1.0 / k:
+                eps[i] = (eps[i] + rng.integers(1, len(PREDICTIONS))) % len(PREDICTIONS)
+            if rng.random() < 1.0 / k:
+                corr[i] = not corr[i]
+    return lam, orders, eps, corr
+
+
+def _key(g) -> tuple:
+    return (tuple(np.round(g[0], 6)),) + tuple(tuple(int(v) for v in a) for a in g[1:])
+
+
+def _evolve(evaluate, seeds, space: _Space, iterations, population, rng, progress, discrete, desc):
+    """Elitist (mu + lambda) evolution: the better half of the population are parents; each
+    child is the better of two random parents, mutated (and, with probability 0.2, given another
+    parent's per-step plan); the best `population` of parents and children survive. The
+    mutation step in lam anneals from 12% to 0.5% of the range."""
+    k = space.steps
+    pool = {}
+    for g in seeds:
+        pool.setdefault(_key(g), g)
+    width = space.hi - space.lo
+    for _ in range(20 * population):  # wide mutations of the seeds fill the first generation
+        if len(pool) >= population:
+            break
+        g = _mutate(list(pool.values())[rng.integers(len(pool))], space, 0.3 * width, rng, discrete)
+        pool.setdefault(_key(g), g)
+    genomes = list(pool.values())
+    scored = sorted(zip(evaluate(genomes), genomes, strict=True), key=lambda s: s[0])
+    scored = scored[:population]  # (error, genome), best first (sorted is stable)
+    seen = set(pool)
+    bar = _progress(iterations, progress, desc)
+    for gen in range(iterations):
+        frac = gen / max(iterations - 1, 1)
+        scale = width * (0.12 * (1 - frac) + 0.005 * frac)
+        parents = [g for _, g in scored[: max(2, len(scored) // 2)]]
+        children = []
+        for _ in range(population * 4):
+            if len(children) == population:
+                break
+            a = parents[min(rng.integers(len(parents)), rng.integers(len(parents)))]
+            g = _mutate(a, space, scale, rng, discrete)
+            if discrete and k > 1 and rng.random() < 0.2:
+                b = parents[rng.integers(len(parents))]
+                g = (g[0],) + tuple(v.copy() for v in b[1:])
+            if _key(g) not in seen:
+                seen.add(_key(g))
+                children.append(g)
+        if children:
+            scored += list(zip(evaluate(children), children, strict=True))
+            scored = sorted(scored, key=lambda s: s[0])[:population]
+        bar.update(1)
+        bar.set_postfix(best=f"{scored[0][0]:.4g}")
+    bar.close()
+    return scored[0][1], scored[0][0]
+
+
+def _genome(lam, k, order=2, kind="x0", corr=False, last=None):
+    """(interior lam, orders, prediction indices, corrector flags); `last`: the last step's kind."""
+    kinds = np.full(k, PREDICTIONS.index(kind))
+    if last is not None:
+        kinds[-1] = PREDICTIONS.index(last)
+    return (np.asarray(lam, dtype=np.float64), np.full(k, order), kinds, np.full(k, corr))
+
+
+def _seeds(space: _Space) -> list:
+    """Known samplers as genomes, on the named schedules: DPM-Solver++/DEIS-like (x0, order 2
+    and 3), UniPC-like (order 2 + corrector), Euler and Adams-Bashforth 2 in t (velocity; the
+    step to t = 0 on x0, as `sample_euler`), and the noise form on the logsnr schedule."""
+    k, seeds = space.steps, []
+    for name in ("logsnr", "uniform", "karras", "quadratic") if k > 1 else ("logsnr",):
+        lam = space.named(name)
+        seeds += [
+            _genome(lam, k, 2),
+            _genome(lam, k, 3),
+            _genome(lam, k, 2, corr=True),
+            _genome(lam, k, 1, "velocity", last="x0"),
+            _genome(lam, k, 2, "velocity", last="x0"),
+        ]
+        if name == "logsnr":
+            seeds += [_genome(lam, k, 2, "eps"), _genome(lam, k, 3, "eps")]
+    return seeds
+
+
+def _evolutionary(denoiser, noise, cond, ref, space, iterations, population, rng, progress, meta):
+    k = space.steps
+    evaluate = _Evaluator(denoiser, noise, cond, ref, space)
+    seeds = _seeds(space)
+    best, err = _evolve(
+        evaluate,
+        seeds,
+        space,
+        iterations if k > 1 else 0,
+        population,
+        rng,
+        progress,
+        True,
+        f"usf search nfe={k}",
+    )
+    meta = {
+        **meta,
+        "calibration_error": err,
+        "iterations": iterations,
+        "evaluations": evaluate.count,
+    }
+    return _usf_schedule(space, best[0], space.plan(best), meta=meta)
+
+
+def _minimise(params: list[Tensor], objective, iterations: int, bar) -> int:
+    """L-BFGS with a strong-Wolfe line search (Nocedal & Wright 2006, Alg. 7.5 and 3.5) on a
+    deterministic full-batch objective() -> loss, for at most `iterations` evaluations (restarted
+    while it makes progress); a non-finite loss counts as a huge one with no gradient, so the
+    line search backs off. Returns the number of evaluations."""
+    if iterations == 0 or not params:
+        objective()
+        return 1
+    used = [0]
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        used[0] += 1
+        bar.update(1)
+        if not torch.isfinite(loss):
+            for q in params:
+                q.grad = torch.zeros_like(q)
+            return torch.tensor(1e30, dtype=torch.float64)
+        loss.backward()
+        for q in params:
+            if q.grad is None or not torch.isfinite(q.grad).all():
+                q.grad = torch.zeros_like(q)
+        return loss.detach()
+
+    while used[0] < iterations:
+        left = iterations - used[0]
+        opt = torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=left,
+            max_eval=left,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-14,
+        )
+        before = used[0]
+        opt.step(closure)
+        if used[0] - before <= 2:  # converged, or stuck: a fresh start did not move
+            break
+    return used[0]
+
+
+def _gradient(denoiser, noise, cond, ref, space, init, iterations, progress, meta):
+    k = space.steps
+    if init is not None:
+        if not isinstance(init, Schedule) or init.steps != k:
+            raise ValueError(f"init must be a Schedule of {k} steps (nfe), got {init!r}")
+        if abs(init.times[0].item() - space.t0) > 1e-12 or init.times[-1].item() != 0.0:
+            raise ValueError(
+                f"init must run from t={space.t0} (where the search starts) to 0; "
+                f"it runs from {init.times[0].item()} to {init.times[-1].item()}"
+            )
+        lam0 = 0.5 * space.path.log_snr(init.times[1:-1])
+        plan = usf_plan(space.path, init.times, init.orders, init.predictions, init.correctors)
+    else:  # the best known sampler (`_seeds`, no corrector) on the calibration batch
+        evaluate = _Evaluator(denoiser, noise, cond, ref, space)
+        cands = [g for g in _seeds(space) if not g[3].any()]  # (no correctors)
+        genome = cands[int(np.argmin(evaluate(cands)))]
+        lam0, plan = torch.as_tensor(genome[0]), space.plan(genome)
+    logits = _logits_from_lam(space, lam0.double(), floor=0.02).requires_grad_(True)
+    x_start = (noise * space.path.sigma(torch.tensor(space.t0)).item())[None]
+    tensors = _plan_tensors([plan])
+    best = [math.inf, lam0.detach().clone()]
+
+    def objective():
+        lam = _lam_from_logits(space, logits)
+        out, _ = _run(denoiser, x_start, space.times(lam[None]), tensors, None, cond)
+        loss = (out[0].double() - ref.double()).pow(2).mean()
+        err = loss.detach().sqrt().item()
+        if math.isfinite(err) and err < best[0]:
+            best[:] = [err, lam.detach().clone()]
+            bar.set_postfix(best=f"{err:.4g}")
+        return loss
+
+    bar = _progress(iterations, progress, f"gradient search nfe={k}")
+    with _frozen(denoiser):
+        used = _minimise([logits] if k > 1 else [], objective, iterations, bar)
+    bar.close()
+    meta = {**meta, "calibration_error": best[0], "iterations": iterations, "evaluations": used}
+    return _usf_schedule(space, best[1].numpy(), plan, meta=meta)
+
+
+def _autodiffusion(
+    denoiser, noise, cond, ref, nfe, solver, t_max, iterations, population, rng, progress, meta
+):
+    name = resolve_solver(solver)
+    spec = SOLVERS.get(name)
+    if spec is None or spec.kind == "adaptive" or spec.stochastic:
+        raise ValueError(
+            f"autodiffusion searches the times of a fixed deterministic registered "
+            f"solver; {name!r} is not one"
+        )
+    steps, plan_orders = spec.plan(nfe)
+    path = denoiser.path
+    t0 = _start_time(denoiser, t_max)
+    if not spec.pure_noise_start:
+        t0 = clip_t_max(path, t0)
+    space = _Space(path, t0, steps, *_bounds(path, t0), _is_pure(path, t0))
+    x_start = noise * path.sigma(torch.tensor(t0)).item()
+    opts = {} if plan_orders is None else {"orders": plan_orders}
+    count = [0]
+
+    def evaluate(genomes):
+        errs = []
+        for g in genomes:
+            t = space.times(torch.as_tensor(g[0], dtype=torch.float64)[None])[0]
+            with torch.no_grad():
+                e = endpoint_error(spec.fn(denoiser, x_start, t, cond=cond, **opts), ref)
+            errs.append(e if math.isfinite(e) else math.inf)
+            count[0] += 1
+        return errs
+
+    names = ("logsnr", "uniform", "karras", "quadratic") if steps > 1 else ("logsnr",)
+    seeds = [_genome(space.named(n), steps, 1) for n in names]
+    best, err = _evolve(
+        evaluate,
+        seeds,
+        space,
+        iterations if steps > 1 else 0,
+        population,
+        rng,
+        progress,
+        False,
+        f"autodiffusion {name} nfe={nfe}",
+    )
+    times = space.times(torch.as_tensor(best[0], dtype=torch.float64)[None])[0]
+    meta = {
+        **meta,
+        "solver": name,
+        "calibration_error": err,
+        "iterations": iterations,
+        "evaluations": count[0],
+    }
+    return Schedule(times, orders=plan_orders, meta=meta)
+
+
+# -- learnable sampler distillation -------------------------------------------------------------
+def learn_sampler(
+    denoiser,
+    *,
+    nfe: int,
+    noise: Tensor,
+    cond=None,
+    learn_times: bool = False,
+    base: Schedule | None = None,
+    trajectory: Trajectory | None = None,
+    iterations: int = 200,
+    trajectory_weight: float = 0.05,
+    points: int = 64,
+    t_max: float = 1.0,
+    progress: bool = True,
+) -> Schedule:
+    """Learnable sampler distillation (LSD, Fu et al. 2025; LSD+ with `learn_times`): per-step
+    multipliers c_in of the USF solver's Taylor terms, learned (L-BFGS, at most `iterations`
+    evaluations) so that the state after every student step matches the RK45 teacher trajectory
+    at that time, on the calibration `noise` (B, ...): the loss is the endpoint's mean squared
+    error plus `trajectory_weight` times the mean over the intermediate steps of theirs.
+
+    base: the sampler to start from: a USF Schedule (from search_schedule or learn_sampler) or a
+        dpm++2m one, or None for DPM-Solver++(2M) on the logsnr schedule (its USF coefficients
+        `dpmpp_2m_coefficients`).
+    trajectory: `teacher_trajectory(denoiser, noise, t0=<the base's first time>)`, if computed.
+    learn_times: also learn the times (a softmax of logSNR increments).
+    Returns the iterate with the smallest calibration endpoint error; `sample` runs it."""
+    _check_common(denoiser, nfe, noise)
+    if not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if not trajectory_weight >= 0:
+        raise ValueError(f"trajectory_weight must be >= 0, got {trajectory_weight}")
+    path = denoiser.path
+    # 1. the starting sampler: times, plan, coefficients
+    if base is None:
+        times = uniform_logsnr(nfe, path, t_max=_start_time(denoiser, t_max))
+        plan, coef0, start = usf_plan(path, times), dpmpp_2m_coefficients(path, times), "dpm++2m"
+    else:
+        if not isinstance(base, Schedule) or base.steps != nfe:
+            raise ValueError(f"base must be a Schedule of {nfe} steps (nfe), got {base!r}")
+        made_for = base.meta.get("solver", "dpmpp_2m")
+        if made_for not in ("usf", "dpmpp_2m") or (made_for == "dpmpp_2m" and base.orders):
+            raise ValueError(
+                f"LSD learns the USF solver's coefficients: base must be a USF or a "
+                f"dpm++2m schedule, not one for {made_for!r}"
+            )
+        times = base.times
+        if made_for == "dpmpp_2m":
+            plan, coef0, start = (
+                usf_plan(path, times),
+                dpmpp_2m_coefficients(path, times),
+                "dpm++2m",
+            )
+        else:
+            plan = usf_plan(path, times, base.orders, base.predictions, base.correctors)
+            coef0 = base.coefficients or [[1.0] * n for n in plan.terms]
+            start = base.meta.get("method", "usf")
+    if times[-1].item() != 0.0:
+        raise ValueError("LSD needs a schedule that ends at t = 0")
+    t0 = times[0].item()
+    space = _Space(path, t0, nfe, *_bounds(path, t0), _is_pure(path, t0))
+    # 2. the teacher: its trajectory on a lam grid, and its endpoint
+    if trajectory is None:
+        trajectory = teacher_trajectory(denoiser, noise, cond=cond, points=points, t0=t0)
+    elif abs(trajectory.t0 - t0) > 1e-12 or trajectory.endpoint.shape != noise.shape:
+        raise ValueError(
+            f"trajectory must come from teacher_trajectory(denoiser, noise, t0={t0}) "
+            "on the same noise as learn_sampler"
+        )
+    # 3. the parameters: the coefficients (zero past each step's terms), optionally the times
+    mask = torch.zeros(nfe, MAX_ORDER + 1, dtype=torch.float64)
+    for i, n in enumerate(plan.terms):
+        mask[i, :n] = 1
+    coef = _coefficient_tensor(coef0, plan.terms).requires_grad_(True)
+    lam0 = 0.5 * path.log_snr(times[1:-1])
+    # (learned times start with every increment >= 2% of the range: a softmax weight near 0
+    # barely moves; LSD alone keeps the base's times exactly)
+    logits = _logits_from_lam(space, lam0, floor=0.02 if learn_times else 1e-3)
+    logits.requires_grad_(learn_times)
+    tensors = _plan_tensors([plan])
+    x_start = (noise * path.sigma(torch.tensor(t0)).item())[None]
+    weights = torch.full((nfe,), trajectory_weight / max(nfe - 1, 1), dtype=torch.float64)
+    weights[-1] = 1.0
+    best, first = [math.inf, None, None], []
+
+    def objective():
+        lam = _lam_from_logits(space, logits) if learn_times else lam0
+        t = space.times(lam[None]) if learn_times else times[None]
+        _, states = _run(denoiser, x_start, t, tensors, (coef * mask)[None], cond, keep=True)
+        # trajectory matching: the student after step i against the teacher at t_{i+1}
+        targets = list(trajectory.at(lam)) + [trajectory.endpoint]
+        per_step = torch.stack(
+            [
+                (s[0].double() - y.double()).pow(2).mean()
+                for s, y in zip(states, targets, strict=True)
+            ]
+        )
+        err = per_step[-1].detach().sqrt().item()
+        first.append(err)
+        if math.isfinite(err) and err < best[0]:
+            best[:] = [err, (coef * mask).detach().clone(), lam.detach().clone()]
+            bar.set_postfix(best=f"{err:.4g}")
+        return (weights * per_step).sum()
+
+    params = [coef] + ([logits] if learn_times and nfe > 1 else [])
+    bar = _progress(iterations, progress, f"{'lsd+' if learn_times else 'lsd'} nfe={nfe}")
+    with _frozen(denoiser):
+        used = _minimise(params, objective, iterations, bar)
+    bar.close()
+    first = first[0]
+    if best[1] is None:
+        raise RuntimeError("LSD diverged: every iterate gave a non-finite endpoint error")
+    coefficients = [best[1][i, :n].tolist() for i, n in enumerate(plan.terms)]
+    meta = {
+        "method": "lsd+" if learn_times else "lsd",
+        "nfe": nfe,
+        "reference": "rk45",
+        "base": start,
+        "n_calib": int(noise.shape[0]),
+        "iterations": iterations,
+        "evaluations": used,
+        "init_error": first,
+        "calibration_error": best[0],
+    }
+    try:
+        meta["path"] = path.config
+    except ValueError:
+        pass
+    return _usf_schedule(space, best[2].numpy(), plan, coefficients=coefficients, meta=meta)
