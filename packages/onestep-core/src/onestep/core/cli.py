@@ -147,8 +147,23 @@ def _scatter(file, ref, x, title):
 # -- argument parsing from the dataclasses ------------------------------------------------------
 def _commands() -> dict:
     from .cli_search import SearchArgs, search_schedule_cmd
+    from .cli_vector import (
+        DistillArgs,
+        EvalArgs,
+        MethodsArgs,
+        SampleArgs,
+        TrainArgs,
+        distill,
+        eval_cmd,
+        methods,
+        sample,
+        train,
+    )
 
-    return {"demo": (DemoArgs, demo), "search-schedule": (SearchArgs, search_schedule_cmd)}
+    return {"demo": (DemoArgs, demo), "search-schedule": (SearchArgs, search_schedule_cmd),
+            "train": (TrainArgs, train), "distill": (DistillArgs, distill),
+            "sample": (SampleArgs, sample), "eval": (EvalArgs, eval_cmd),
+            "methods": (MethodsArgs, methods)}
 
 
 COMMANDS = _commands()

@@ -1,5 +1,16 @@
 """Saved models: a folder with `model.json` (what the network is, its path, prediction and time
-input, and what kind of model it is) and `model.safetensors` (the weights), written atomically."""
+input, and what kind of model it is) and `model.safetensors` (the weights), written atomically.
+
+Students of distillation methods (`save_student` / `load_student`) are saved in one of two ways,
+recorded in model.json's "student" entry (kind "student"):
+    "denoiser"   the student is a Denoiser sampled by `DenoiserGenerator` (most methods): the
+                 Denoiser is saved as above, with the generator's settings (t_start, times,
+                 stochastic); `load_model` loads it as a plain Denoiser too.
+    "generator"  any other Generator (MeanFlow's two-time network, MSD's students, Phased DMD's
+                 experts): the generator's state_dict in generator.safetensors, the teacher in
+                 teacher/ and the method's config; `load_student` rebuilds the Distiller from the
+                 teacher and config and loads the weights into its `generator()`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +28,8 @@ from .paths import path_from_config
 from .train import CheckpointError
 from .train.checkpoint import check_match, read_weights
 
-__all__ = ["save_model", "load_model", "read_model_info", "CheckpointError"]
+__all__ = ["save_model", "load_model", "read_model_info", "save_student", "load_student",
+           "CheckpointError"]
 
 FORMAT = 1
 
@@ -35,8 +47,10 @@ def _atomic_write(target: FilePath, write) -> None:
             os.remove(tmp)
 
 
-def save_model(folder, denoiser: Denoiser, *, kind: str = "teacher", extra: dict | None = None):
-    """Write `denoiser`'s network, path, prediction and time input to `folder`."""
+def save_model(folder, denoiser: Denoiser, *, kind: str = "teacher", extra: dict | None = None,
+               student: dict | None = None):
+    """Write `denoiser`'s network, path, prediction and time input to `folder` (`student`: the
+    "student" entry of `save_student`)."""
     if callable(denoiser.time_input):
         raise ValueError("a Denoiser with a callable time_input cannot be saved; use a named one")
     folder = FilePath(folder)
@@ -52,6 +66,8 @@ def save_model(folder, denoiser: Denoiser, *, kind: str = "teacher", extra: dict
         "null_cond": denoiser.null_cond,
         "extra": extra or {},
     }
+    if student is not None:
+        info["student"] = student
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     _atomic_write(folder / "model.safetensors", lambda p: save_file(state, p))
     _atomic_write(folder / "model.json",
@@ -76,9 +92,15 @@ def load_model(folder, *, kind: str | None = None) -> tuple[Denoiser, dict]:
     """(Denoiser, info) from a folder written by `save_model`; `kind` checks the model's kind
     ("teacher", or a distillation method's name for a student)."""
     info = read_model_info(folder)
-    if kind is not None and info["kind"] != kind:
+    student = info.get("student") or {}
+    if kind is not None and kind not in (info["kind"], student.get("method")):
         raise CheckpointError(f"{FilePath(folder) / 'model.json'} holds a {info['kind']!r} model, "
                               f"expected a {kind!r} model")
+    if student.get("format") == "generator":
+        raise CheckpointError(
+            f"{FilePath(folder) / 'model.json'} holds a {student.get('method')!r} student saved as "
+            "a generator, not a single Denoiser; load it with onestep.core.io.load_student"
+        )
     net = build_network(info["network"]["name"], info["network"]["config"])
     file = FilePath(folder) / "model.safetensors"
     state = read_weights(file, {"modules": ["model"]})
@@ -90,3 +112,119 @@ def load_model(folder, *, kind: str | None = None) -> tuple[Denoiser, dict]:
                    time_input=info["time_input"], null_cond=info.get("null_cond"))
     return den, info
 
+
+
+# -- students ----------------------------------------------------------------------------------
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"cannot save {type(value).__name__} {value!r} in model.json")
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_dict(config_class, values: dict):
+    """A method's config dataclass from its saved dict (lists back to tuples); a clear error
+    naming unknown fields (a model saved by another version)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CheckpointError(f"{config_class.__name__} has no fields {unknown}: the student was "
+                              "saved by another version of onestep")
+    return config_class(**{k: _tuples(v) for k, v in values.items()})
+
+
+def _saveable(den: Denoiser) -> bool:
+    """Whether `save_model` can write `den` so that `load_model` rebuilds it: a named time input
+    and a registered network whose weights match a fresh build (not, e.g., LoRA-wrapped)."""
+    if callable(den.time_input):
+        return False
+    try:
+        net = den.model
+        fresh = build_network(network_name(net), net.config)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return fresh.state_dict().keys() == net.state_dict().keys()
+
+
+def save_student(folder, distiller, *, extra: dict | None = None) -> dict:
+    """Save `distiller.generator()` so that `load_student(folder)` rebuilds it; returns the
+    "student" entry written to model.json. `extra` is stored as model.json's "extra" (e.g. the
+    teacher's model.json and the data normalisation)."""
+    import dataclasses
+
+    from .distill.base import DenoiserGenerator
+
+    folder = FilePath(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    method = getattr(distiller, "kind", None)
+    gen = distiller.generator()
+    entry = {"method": method, "config": _jsonable(dataclasses.asdict(distiller.config)),
+             "nfe": 1}
+    if isinstance(gen, DenoiserGenerator) and _saveable(gen.denoiser):
+        entry.update(format="denoiser", t_start=gen.t_start, times=gen.times,
+                     stochastic=gen.stochastic, nfe=len(gen.times) if gen.times else 1)
+        (folder / "generator.safetensors").unlink(missing_ok=True)
+        save_model(folder, gen.denoiser, kind="student", extra=extra, student=entry)
+        return entry
+    # any other Generator: its weights, the teacher and the config rebuild it (model.json last)
+    teacher = distiller.teacher
+    nfe = getattr(gen, "nfe", 1)
+    entry.update(format="generator", generator=type(gen).__name__,
+                 nfe=nfe if isinstance(nfe, int) else 1)
+    save_model(folder / "teacher", teacher, kind="teacher")
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in gen.state_dict().items()}
+    _atomic_write(folder / "generator.safetensors", lambda p: save_file(state, p))
+    (folder / "model.safetensors").unlink(missing_ok=True)
+    net = teacher.model
+    info = {"format": FORMAT, "kind": "student",
+            "network": {"name": network_name(net), "config": net.config},
+            "path": teacher.path.config, "prediction": teacher.prediction,
+            "time_input": teacher.time_input, "null_cond": teacher.null_cond,
+            "extra": extra or {}, "student": entry}
+    _atomic_write(folder / "model.json",
+                  lambda p: FilePath(p).write_text(json.dumps(info, indent=1)))
+    return entry
+
+
+def load_student(folder):
+    """(Generator, info) from a folder written by `save_student`; `info["student"]` has the
+    method, its config and its natural NFE. A teacher or a non-model folder: CheckpointError."""
+    from .distill import get_method
+    from .distill.base import DenoiserGenerator
+
+    folder = FilePath(folder)
+    info = read_model_info(folder)
+    entry = info.get("student")
+    if info["kind"] != "student" or not isinstance(entry, dict):
+        raise CheckpointError(f"{folder / 'model.json'} holds a {info['kind']!r} model, not a "
+                              "distilled student")
+    fmt = entry.get("format")
+    if fmt == "denoiser":
+        den, info = load_model(folder)
+        gen = DenoiserGenerator(den, t_start=entry["t_start"], times=entry.get("times"),
+                                stochastic=entry["stochastic"])
+        return gen.eval(), info
+    if fmt != "generator":
+        raise CheckpointError(f"{folder / 'model.json'}: unknown student format {fmt!r}")
+    try:
+        config_class, distiller_class, _ = get_method(entry["method"])
+    except ValueError as e:
+        raise CheckpointError(f"{folder / 'model.json'}: {e}") from e
+    teacher, _ = load_model(folder / "teacher", kind="teacher")
+    config = config_from_dict(config_class, entry["config"])
+    gen = distiller_class(teacher, config).generator()
+    file = folder / "generator.safetensors"
+    state = read_weights(file, {"modules": ["generator"]})
+    check_match(file, "generator", gen, state)
+    with torch.no_grad():
+        gen.load_state_dict(state)
+    return gen.eval(), info
