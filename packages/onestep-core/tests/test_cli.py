@@ -236,6 +236,10 @@ ERRORS = [
       "{d}/three.npy"], "3 columns; the teacher was trained on 2"),
     (["distill", "--teacher", "{f}/teacher", "--method", "dmd", "--out", "{f}/insta",
       "--resume", "--steps", "5"], "checkpoint kind 'instaflow' does not match .*'dmd'"),
+    (["distill", "--teacher", "{f}/teacher", "--out", "{d}/o", "--set", "rounds"],
+     "'rounds': expected key=value"),
+    (["distill", "--teacher", "{d}/edm", "--method", "meanflow", "--out", "{d}/o", "--data",
+      "{f}/moons.npy"], "meanflow is written for the rectified-flow path"),
     (["sample", "--model", "{d}/empty"], "model.json: no such file"),
     (["sample", "--model", "{f}/moons.npy"], "is a file; expected a model folder"),
     (["sample", "--model", "{f}/insta", "--solver", "heun", "--out", "{d}/x.npy"],
@@ -252,6 +256,8 @@ def test_errors_are_clear(files, tmp_path, capsys):
     import re
 
     _bad_files(tmp_path)
+    _run("train", "--data", files / "moons.npy", "--out", tmp_path / "edm", "--objective", "edm",
+         "--steps", 2, "--hidden", 16, "--no-progress")
     for argv, message in ERRORS:
         argv = [a.format(d=tmp_path, f=files) for a in argv] + ["--no-progress"] * (
             argv[0] in ("train", "distill", "sample"))

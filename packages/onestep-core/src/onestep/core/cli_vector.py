@@ -253,12 +253,12 @@ def _describe(info: dict) -> str:
     return f"a {info.get('kind')!r} model"
 
 
-def _guard_out(out: FilePath, kind: str, *, resume: bool, protect: FilePath | None = None):
+def _guard_out(out: FilePath, kind: str, *, protect: FilePath | None = None):
     """Refuse to write a run into a folder holding another kind of model (or the teacher)."""
     from .io import read_model_info
 
     if protect is not None and out.resolve() == protect.resolve():
-        raise ValueError(f"--out {out} is the teacher's folder; choose a new folder for the student")
+        raise ValueError(f"--out {out} is the teacher's folder; choose another for the student")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; expected a folder")
     if (out / "model.json").exists():
@@ -391,7 +391,8 @@ def _nfe_overrides(method: str, nfe: int) -> dict:
         raise ValueError(f"--nfe must be at least 1 (or 0: the method's default), got {nfe}")
     grid = tuple(1.0 - i / nfe for i in range(nfe))
     table = {"progressive": {"final_steps": nfe}, "segment_cd": {"segments": nfe},
-             "tdm": {"num_steps": nfe}, "dmd2": {"times": grid}, "phased_dmd": {"phase_times": grid}}
+             "tdm": {"num_steps": nfe}, "dmd2": {"times": grid},
+             "phased_dmd": {"phase_times": grid}}
     if method in table:
         return table[method]
     if nfe == 1:
@@ -403,6 +404,7 @@ def _nfe_overrides(method: str, nfe: int) -> dict:
 
 # Methods whose update reads the batch's values (real data), not only its shape: found by reading
 # each Distiller's `step` and checked by running one step on shifted data (see test_cli.py).
+_SCHEDULED = ("progressive", "ict", "reflow", "instaflow", "slimflow", "phased_dmd")
 _DATA_METHODS = ("progressive", "cd", "ict", "segment_cd", "meanflow", "fdistill")
 
 
@@ -450,7 +452,7 @@ def train(args: TrainArgs) -> dict:
     if not args.lr > 0 or not 0 <= args.ema_decay < 1 or args.warmup < 0:
         raise ValueError("need --lr > 0, 0 <= --ema-decay < 1 and --warmup >= 0")
     x = _load_data(args.data, "--data")
-    _guard_out(out, "teacher", resume=args.resume)
+    _guard_out(out, "teacher")
     norm = _fit_normalization(x) if args.normalize else None
     run = {k: v for k, v in dataclasses.asdict(args).items() if k != "out"}
     run["data"] = FilePath(args.data).name
@@ -503,14 +505,21 @@ def distill(args: DistillArgs) -> dict:
     config_class, distiller_class, _ = get_method(args.method)
     out = FilePath(_required(args.out, "--out", "the folder to write the student to"))
     teacher, tinfo = _load_teacher(args.teacher)
-    _guard_out(out, "student", resume=args.resume, protect=FilePath(args.teacher))
+    _guard_out(out, "student", protect=FilePath(args.teacher))
+    if args.method == "meanflow" and tinfo["path"].get("name") != "rectified_flow":
+        raise ValueError("meanflow is written for the rectified-flow path; distill a teacher "
+                         "trained with --objective flow")
     _positive(batch_size=args.batch_size)
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0 (0: the method's default), got {args.steps}")
     overrides = {**_nfe_overrides(args.method, args.nfe), **parse_overrides(args.set, config_class)}
     config = _resolve_config(args.method, teacher, overrides, seed=args.seed,
                              progress=args.progress)
-    steps = args.steps or toy_steps(args.method, config)
+    planned = toy_steps(args.method, config)
+    steps = args.steps or planned
+    if steps < planned and args.method in _SCHEDULED:
+        print(f"note: {args.method}'s config schedules {planned} steps (phases, rounds or a "
+              f"curriculum); --steps {steps} stops inside that schedule", file=sys.stderr)
     dim = _sample_shape(tinfo, ())
     norm = tinfo.get("extra", {}).get("normalization")
     if args.data:
