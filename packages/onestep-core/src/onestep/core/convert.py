@@ -37,7 +37,13 @@ def _check(kind: str) -> None:
         raise ValueError(f"unknown prediction kind {kind!r}; known: {list(KINDS)}")
 
 
-def _coeffs(path: Path, t, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _coeffs(path: Path, t, x: Tensor, kind: str) -> tuple[Tensor, ...]:
+    """(alpha, sigma, d_alpha, d_sigma) broadcast to x; the derivatives (None) only for the
+    velocity, the one kind that needs them."""
+    if torch.is_tensor(t) and t.ndim == 1 and t.numel() > 1 and t.stride(0) == 0:
+        t = t[:1]  # one time expanded over the batch (as samplers pass it): compute it once
+    if kind != "velocity":
+        return (*(broadcast(v, x) for v in path.alpha_sigma(t)), None, None)
     c: Coefficients = path.coefficients(t)
     return tuple(broadcast(v, x) for v in (c.alpha, c.sigma, c.d_alpha, c.d_sigma))
 
@@ -45,7 +51,7 @@ def _coeffs(path: Path, t, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def to_x0_eps(kind: str, pred: Tensor, x_t: Tensor, t, path: Path) -> tuple[Tensor, Tensor]:
     """(x0, eps) from a prediction of the given kind."""
     _check(kind)
-    a, s, da, ds = _coeffs(path, t, x_t)
+    a, s, da, ds = _coeffs(path, t, x_t, kind)
     if kind == "x0":
         return pred, (x_t - a * pred) / s
     if kind == "eps":
@@ -69,7 +75,7 @@ def from_x0_eps(kind: str, x0: Tensor, eps: Tensor, x_t: Tensor, t, path: Path) 
         return x0
     if kind == "eps":
         return eps
-    a, s, da, ds = _coeffs(path, t, x_t)
+    a, s, da, ds = _coeffs(path, t, x_t, kind)
     if kind == "score":
         return -eps / s
     if kind == "v":

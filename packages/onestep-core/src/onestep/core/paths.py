@@ -83,6 +83,11 @@ class Path(ABC):
         t = _as_time(t)
         return Coefficients(self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t))
 
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        """(alpha(t), sigma(t)): what converting eps, x0, v and score needs."""
+        t = _as_time(t)
+        return self._alpha(t), self._sigma(t)
+
     def log_snr(self, t) -> Tensor:
         """lambda(t) = log(alpha^2 / sigma^2); +inf at t=0 where sigma = 0."""
         t = _as_time(t)
@@ -266,7 +271,15 @@ class VP(Path):
             return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
         if self.schedule == "cosine":
             return self._cos_log(t * self.t_end) - self._cos_log(torch.zeros_like(t))
-        return _interp(t, self._t_grid.to(t.device), self._log_alpha_grid.to(t.device))
+        # piecewise linear between the grid points k / N (uniform: no search needed)
+        n, la = self.num_steps, self._log_alpha_grid
+        if la.device != t.device:
+            la = la.to(t.device)
+        u = t * n
+        i = u.detach().floor().clamp_(0, n - 1)
+        k = i.long()
+        f0 = la[k]
+        return f0 + (u - i) * (la[k + 1] - f0)
 
     def _d_log_alpha(self, t: Tensor) -> Tensor:
         if self.schedule == "linear":
@@ -286,6 +299,16 @@ class VP(Path):
 
     def _alpha(self, t):
         return torch.exp(self._log_alpha(t))
+
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        la = self._log_alpha(_as_time(t))  # one table lookup for both
+        return torch.exp(la), torch.sqrt(-torch.expm1(2.0 * la))
+
+    def coefficients(self, t) -> Coefficients:
+        t = _as_time(t)
+        la, dla = self._log_alpha(t), self._d_log_alpha(t)
+        a, s = torch.exp(la), torch.sqrt(-torch.expm1(2.0 * la))
+        return Coefficients(a, s, a * dla, -a * a * dla / s)
 
     def _sigma(self, t):
         return torch.sqrt(-torch.expm1(2.0 * self._log_alpha(t)))

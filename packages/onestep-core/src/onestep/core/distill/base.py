@@ -161,6 +161,10 @@ class Distiller(ABC):
     def modules(self) -> dict[str, nn.Module]:
         return dict(self._modules)
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """The teacher: moved to the Trainer's device, not checkpointed."""
+        return {"teacher": self.teacher}
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._optimizers)
 

@@ -328,7 +328,6 @@ class CDDistiller(_ConsistencyDistiller):
 
     def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
         x, cond = split_batch(batch)
-        self.teacher.to(x.device)
         self.student.train()
         c = self.config
         loss, logs = cd_loss(
@@ -696,7 +695,6 @@ class SegmentCDDistiller(_ConsistencyDistiller):
 
     def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
         x, cond = split_batch(batch)
-        self.teacher.to(x.device)
         self.student.train()
         c = self.config
         loss, logs = segment_cd_loss(

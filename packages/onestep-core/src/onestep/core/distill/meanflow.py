@@ -418,9 +418,6 @@ class MeanFlowDistiller(Distiller):
     def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
         c = self.config
         x, cond = split_batch(batch)
-        p = next(iter(self.teacher.parameters()), None)
-        if p is not None and p.device != x.device:
-            self.teacher.to(x.device)
         noise = self.noise_like(x, generator)
         r, t = sample_two_times(
             x.shape[0],

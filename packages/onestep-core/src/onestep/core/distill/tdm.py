@@ -316,9 +316,6 @@ class TDMDistiller(Distiller):
     def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
         c = self.config
         x, cond = split_batch(batch)
-        p = next(iter(self.teacher.parameters()), None)
-        if p is not None and p.device != x.device:
-            self.teacher.to(x.device)
         n = x.shape[0]
         path = self.student.path
         clip = c.clip or None

@@ -18,7 +18,9 @@ class Task(Protocol):
     """A trainable thing: its networks, optimisers, schedulers and one global step.
 
     Optional: a `kind` string (recorded in checkpoints and checked on load), and
-    `extra_state() -> dict` / `load_extra_state(d)` for anything else to checkpoint.
+    `extra_state() -> dict` / `load_extra_state(d)` for anything else to checkpoint, and
+    `frozen_modules() -> dict` for modules that are used but not trained or checkpointed (a
+    distillation teacher): the Trainer moves them to its device too.
     """
 
     def modules(self) -> dict[str, nn.Module]:

@@ -208,7 +208,7 @@ class Trainer:
         c = self.config
         resume = c.resume if resume is None else resume
         modules = task.modules()
-        for m in modules.values():
+        for m in (*modules.values(), *getattr(task, "frozen_modules", dict)().values()):
             m.to(self.device)
         broadcast_modules(modules)
         sample, shared_data = self._sampler(data)
