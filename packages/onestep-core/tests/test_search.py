@@ -340,6 +340,14 @@ def test_search_schedule_command_writes_a_schedule(tmp_path, capsys):
     assert math.isfinite(result["held_out_error"]) and "held-out" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--model is required"):
         search_schedule_cmd(SearchArgs())
+    # the same through the `onestep` command line
+    from onestep.core.cli import main
+
+    argv = ["search-schedule", "--model", str(tmp_path / "model"), "--nfe", "2", "--method",
+            "autodiffusion", "--iterations", "2", "--n-calib", "16", "--n-eval", "0",
+            "--out", str(tmp_path / "cli.json"), "--no-progress"]
+    assert main(argv) == 0
+    assert Schedule.load(tmp_path / "cli.json").steps == 2
     with pytest.raises(ValueError, match="add --learn"):
         search_schedule_cmd(SearchArgs(model=str(tmp_path / "model"), method="none"))
 
