@@ -141,10 +141,16 @@ def test_methods_lists_all_17(capsys):
     assert shown["config"]["ema_decay"] is None and shown["needs_data"] is False
 
 
-def test_dry_run_prints_and_stops(tmp_path, capsys):
-    _run("distill", "--teacher", tmp_path, "--out", tmp_path / "s", "--dry-run")
-    assert json.loads(capsys.readouterr().out)["method"] == "instaflow"
+def test_dry_run_prints_and_stops(files, tmp_path, capsys):
+    _run("distill", "--teacher", files / "teacher", "--out", tmp_path / "s", "--dry-run",
+         "--method", "dmd", "--set", "lr=1e-3", "--set", "fake_lr=2e-3")
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["args"]["method"] == "dmd" and shown["steps"] > 0
+    assert shown["config"]["lr"] == 1e-3 and shown["config"]["fake_lr"] == 2e-3  # both --set
     assert not (tmp_path / "s").exists()
+    _run("train", "--data", tmp_path / "x.npy", "--out", tmp_path / "t", "--dry-run")
+    assert json.loads(capsys.readouterr().out)["data"].endswith("x.npy")
+    assert not (tmp_path / "t").exists()
 
 
 def _tiny_teacher():

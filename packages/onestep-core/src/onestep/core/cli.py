@@ -188,7 +188,9 @@ def _parser_for(cls, parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_ = f"{docs.get(f.name, '')} (default: {f.default})".strip()
-        if f.type in ("bool", bool):
+        if f.name in getattr(cls, "REPEATABLE", ()):  # --set a=1 --set b=2: joined by spaces
+            parser.add_argument(flag, action="append", default=None, help=help_)
+        elif f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_)
         elif str(f.type).startswith("tuple"):
@@ -207,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                                         description=cls.__doc__))
     ns = vars(parser.parse_args(argv))
     cls, fn = COMMANDS[ns.pop("command")]
+    for name in getattr(cls, "REPEATABLE", ()):
+        ns[name] = " ".join(ns[name]) if ns[name] is not None else getattr(cls, name)
     args = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
-    if getattr(args, "dry_run", False):
+    if getattr(args, "dry_run", False) and not getattr(cls, "OWN_DRY_RUN", False):
         print(json.dumps(dataclasses.asdict(args), indent=1))
         return 0
     try:

@@ -81,6 +81,9 @@ class DistillArgs:
     """Distill a teacher saved by `onestep train` into a one- or few-step student with a
     method of `onestep methods`, and save the student to --out for `onestep sample`."""
 
+    REPEATABLE = ("set",)  # not fields: --set may be given several times
+    OWN_DRY_RUN = True  # --dry-run prints the resolved method config too
+
     teacher: str = ""
     """Folder of a teacher written by `onestep train` (required)."""
     method: str = "instaflow"
@@ -517,6 +520,10 @@ def distill(args: DistillArgs) -> dict:
                              progress=args.progress)
     planned = toy_steps(args.method, config)
     steps = args.steps or planned
+    if args.dry_run:
+        print(json.dumps({"args": dataclasses.asdict(args), "steps": steps,
+                          "config": dataclasses.asdict(config)}, indent=1, default=str))
+        return {"config": config, "steps": steps}
     if steps < planned and args.method in _SCHEDULED:
         print(f"note: {args.method}'s config schedules {planned} steps (phases, rounds or a "
               f"curriculum); --steps {steps} stops inside that schedule", file=sys.stderr)
