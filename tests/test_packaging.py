@@ -34,8 +34,8 @@ def test_core_wheel_installs_and_imports_alone(tmp_path):
     subprocess.run(["uv", "pip", "install", "--python", str(py), "--no-deps", str(wheel)],
                    check=True, capture_output=True)
     out = subprocess.run(
-        [str(py), "-c", "import onestep.core, onestep.core.paths as p; print(onestep.core.__file__);"
-         "print(p.RectifiedFlow().alpha(0.25).item())"],
+        [str(py), "-c", "import onestep.core, onestep.core.paths as p; "
+         "print(onestep.core.__file__); print(p.RectifiedFlow().alpha(0.25).item())"],
         capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     file, alpha = out.stdout.split()

@@ -10,7 +10,6 @@ from onestep.core.denoiser import TIME_INPUTS, Denoiser
 from onestep.core.paths import EDM, VP, Affine, RectifiedFlow, path_from_config
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Every tensor in this module is float64; restore the default for other modules."""
@@ -34,7 +33,8 @@ T = torch.linspace(0.02, 0.98, 17, dtype=torch.float64)
 def times(name):
     """Test times per path: off the discrete grid's kinks (where d_alpha jumps), and for EDM where
     sigma = 80 t^7 is large enough that float64 resolves x_t - x0 (it is 1e-10 at t=0.02)."""
-    return {"vp_discrete": T + 0.3e-3, "edm": torch.linspace(0.3, 0.98, 17, dtype=torch.float64)}.get(name, T)
+    edm = torch.linspace(0.3, 0.98, 17, dtype=torch.float64)
+    return {"vp_discrete": T + 0.3e-3, "edm": edm}.get(name, T)
 
 
 @pytest.mark.parametrize("name", PATHS)

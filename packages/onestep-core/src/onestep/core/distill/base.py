@@ -45,8 +45,8 @@ class DenoiserGenerator(Generator):
     deterministic DDIM update instead of fresh noise.
     """
 
-    def __init__(self, denoiser: Denoiser, *, t_start: float = 1.0, times: list[float] | None = None,
-                 stochastic: bool = True):
+    def __init__(self, denoiser: Denoiser, *, t_start: float = 1.0,
+                 times: list[float] | None = None, stochastic: bool = True):
         super().__init__()
         self.denoiser = denoiser
         self.t_start = float(t_start)
