@@ -232,7 +232,7 @@ def get_schedule(
     if isinstance(schedule, str) and schedule in SCHEDULES:
         if n_steps is None:
             raise ValueError(f"schedule {schedule!r} needs a number of steps")
-        return Schedule(SCHEDULES[schedule](n_steps, path, t_max=t_max, t_min=t_min))
+        return Schedule(_named_times(schedule, n_steps, path, t_max, t_min))
     if isinstance(schedule, str | os.PathLike):
         if not os.path.isfile(schedule):
             raise ValueError(
@@ -250,6 +250,19 @@ def get_schedule(
     if n_steps is not None and schedule.steps != n_steps:
         raise ValueError(f"the schedule has {schedule.steps} steps, {n_steps} were asked for")
     return schedule
+
+
+def _named_times(name: str, n: int, path: Path, t_max: float, t_min: float | None) -> Tensor:
+    """SCHEDULES[name](n, path, ...), cached on the path (paths do not change): building a grid
+    costs several inverse-time lookups, about 1 ms, which would be a tenth of a 20-step
+    sampling loop with a small network."""
+    cache = path.__dict__.setdefault("_schedule_cache", {})
+    key = (name, n, float(t_max), t_min if t_min is None else float(t_min))
+    if key not in cache:
+        if len(cache) >= 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = SCHEDULES[name](n, path, t_max=t_max, t_min=t_min)
+    return cache[key].clone()
 
 
 def get_times(
