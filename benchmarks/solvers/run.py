@@ -1,0 +1,1016 @@
+"""Few-step sampling benchmark: every onestep solver and schedule, the diffusers schedulers and
+k-diffusion samplers that apply, and searched / learned schedules (onestep.core.search), on small
+teachers, all from the same noise.
+
+    uv run python benchmarks/solvers/run.py            # the full run (about 20-30 min, 2 cores)
+    uv run python benchmarks/solvers/run.py --quick    # a smoke run (a few minutes)
+
+Teachers (cached in benchmarks/results/teachers/, retrained when missing or stale): a discrete VP
+eps model (VP.ddpm_linear(1000), time_input="index") and a rectified-flow velocity model, on the
+2-D checkerboard and on the 8-D Gaussian mixture gmm_8d (standardised). For each NFE it reports
+the RMS endpoint error against the adaptive RK45 reference on held-out noise and the sliced W2 to
+held-out data; then the per-step overhead of onestep's dpm++2m against diffusers'
+DPMSolverMultistepScheduler with a trivial network, and whether the two agree. Writes
+benchmarks/results/solvers.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path as FilePath
+
+import torch
+
+from onestep.core import search, solvers
+from onestep.core.data import gmm_8d, toy_sample
+from onestep.core.denoiser import Denoiser
+from onestep.core.io import CheckpointError, load_model, save_model
+from onestep.core.losses import DSMLoss, FlowMatchingLoss
+from onestep.core.metrics import sliced_wasserstein
+from onestep.core.nn import MLP
+from onestep.core.paths import VP, RectifiedFlow
+from onestep.core.sampling import sample
+from onestep.core.schedules import clip_t_max, default_t_min, uniform_logsnr
+
+ROOT = FilePath(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+N_TRAIN = 1000  # discrete VP steps
+ONESTEP_SCHEDULES = ("logsnr", "karras", "uniform", "quadratic")
+SEARCH_NFE_MAX = 6
+
+
+@dataclass(frozen=True)
+class Args:
+    """Benchmark settings; --quick shrinks everything for a smoke run."""
+
+    quick: bool = False
+    """Small budgets everywhere (a few minutes): for checking that the script runs."""
+    retrain: bool = False
+    """Retrain the teachers even if benchmarks/results/teachers/ holds them."""
+    nfe: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+    """Network evaluations to compare at."""
+    data: tuple[str, ...] = ("checkerboard", "gmm8d")
+    """Distributions: 'gmm8d' or any onestep toy (checkerboard, moons, rings, 8gaussians, ...)."""
+    n_eval: int = 1000
+    """Held-out noise samples every sampler starts from."""
+    n_calib: int = 512
+    """Calibration noise samples for the searches and LSD (disjoint from the held-out noise)."""
+    train_steps: int = 2000
+    """Teacher training steps (Adam, batch 512, one-cycle learning rate)."""
+    hidden: int = 128
+    """Teacher MLP width."""
+    generations: int = 30
+    """Evolutionary / AutoDiffusion generations (population 16)."""
+    gradient_steps: int = 80
+    """Objective evaluations (L-BFGS) of the gradient search."""
+    lsd_steps: int = 200
+    """Objective evaluations (L-BFGS) of LSD and LSD+."""
+    threads: int = 1
+    """torch threads (1 is fastest on a shared 2-core machine)."""
+    seed: int = 0
+    out: str = str(RESULTS)
+    """Folder for solvers.md, solvers.json, solvers.png and the cached teachers."""
+    progress: bool = True
+
+    def resolved(self) -> Args:
+        if not self.quick:
+            return self
+        return dataclasses.replace(
+            self,
+            nfe=(1, 2, 4, 5, 8),
+            n_eval=400,
+            n_calib=128,
+            train_steps=400,
+            generations=6,
+            gradient_steps=15,
+            lsd_steps=15,
+        )
+
+
+def bar(total, desc, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# -- data and teachers --------------------------------------------------------------------------
+def make_data(name: str, n: int, seed: int) -> torch.Tensor:
+    """n points of a distribution with zero mean and unit variance per coordinate on average."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "gmm8d":
+        gmm = gmm_8d(0)
+        x = gmm.sample(n, generator=g)
+        mean, var = gmm.mean().float(), torch.diagonal(gmm.cov()).mean().float()
+        return (x - mean) / var.sqrt()
+    return toy_sample(name, n, generator=g)
+
+
+def build_teacher(kind: str, dim: int, hidden: int) -> Denoiser:
+    if kind == "vp":
+        net = MLP(dim, hidden=hidden, depth=3, time_scale=1.0)
+        return Denoiser(net, VP.ddpm_linear(N_TRAIN), prediction="eps", time_input="index")
+    return Denoiser(MLP(dim, hidden=hidden, depth=3), RectifiedFlow(), prediction="velocity")
+
+
+def train_teacher(kind: str, data_name: str, args: Args) -> tuple[Denoiser, float]:
+    train = make_data(data_name, 50_000, args.seed + 1)
+    den = build_teacher(kind, train.shape[1], args.hidden)
+    loss_fn = DSMLoss(target="eps") if kind == "vp" else FlowMatchingLoss()
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.Adam(den.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, 2e-3, total_steps=args.train_steps, pct_start=0.05
+    )
+    t0 = time.perf_counter()
+    b = bar(args.train_steps, f"train {kind}-{data_name}", args.progress)
+    for _ in range(args.train_steps):
+        batch = train[torch.randint(0, len(train), (512,), generator=g)]
+        loss, _ = loss_fn(den, batch, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        b.update(1)
+        b.set_postfix(loss=f"{loss.item():.3f}")
+    b.close()
+    den.eval()
+    return den, time.perf_counter() - t0
+
+
+def get_teacher(kind: str, data_name: str, args: Args) -> tuple[Denoiser, str]:
+    folder = FilePath(args.out) / "teachers" / f"{kind}-{data_name}"
+    want = {"data": data_name, "steps": args.train_steps, "hidden": args.hidden, "seed": args.seed}
+    if not args.retrain and (folder / "model.json").exists():
+        try:
+            den, info = load_model(folder)
+            if info.get("extra", {}).get("config") == want:
+                return den.requires_grad_(False), f"loaded from {folder}"
+        except CheckpointError as e:  # e.g. the network code changed since it was saved
+            print(f"  cached teacher unusable ({e}); retraining")
+    den, secs = train_teacher(kind, data_name, args)
+    save_model(folder, den, extra={"config": want, "train_seconds": secs})
+    return den.requires_grad_(False), f"trained in {secs:.0f} s"
+
+
+# -- rows ---------------------------------------------------------------------------------------
+class Counter(torch.nn.Module):
+    """Counts network calls (NFE) of a Denoiser's network."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, *a):
+        self.calls += 1
+        return self.net(*a)
+
+
+def counted(den: Denoiser) -> Denoiser:
+    return Denoiser(
+        Counter(den.model), den.path, prediction=den.prediction, time_input=den.time_input
+    )
+
+
+def row(family, sampler, config, nfe, x, ctx, secs, *, stochastic=False, calls=None, note=""):
+    err = search.endpoint_error(x, ctx["ref"]) if torch.isfinite(x).all() else math.inf
+    sw2 = (
+        sliced_wasserstein(x.double(), ctx["data"], n_projections=128)
+        if torch.isfinite(x).all()
+        else math.inf
+    )
+    return {
+        "teacher": ctx["name"],
+        "family": family,
+        "sampler": sampler,
+        "config": config,
+        "nfe": nfe,
+        "nfe_counted": calls,
+        "error": err,
+        "sw2": sw2,
+        "stochastic": stochastic,
+        "seconds": secs,
+        "note": note,
+    }
+
+
+def onestep_rows(ctx, args):
+    den, noise = ctx["den"], ctx["noise"]
+    names = [n for n in solvers.available() if n != "rk45"]
+    out = []
+    b = bar(len(names) * len(ONESTEP_SCHEDULES) * len(args.nfe), "onestep", args.progress)
+    for name in names:
+        spec = solvers.SOLVERS[name]
+        for sched in ONESTEP_SCHEDULES:
+            for nfe in args.nfe:
+                b.update(1)
+                cden = counted(den)
+                gen = torch.Generator().manual_seed(args.seed + 7)
+                try:
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        x = sample(cden, noise, nfe=nfe, solver=name, schedule=sched, generator=gen)
+                    secs = time.perf_counter() - t0
+                except ValueError as e:  # e.g. a singlestep solver's plan at this NFE
+                    out.append(
+                        {
+                            "teacher": ctx["name"],
+                            "family": "onestep",
+                            "sampler": name,
+                            "config": sched,
+                            "nfe": nfe,
+                            "error": None,
+                            "sw2": None,
+                            "note": f"n/a: {e}",
+                        }
+                    )
+                    continue
+                out.append(
+                    row(
+                        "onestep",
+                        name,
+                        sched,
+                        nfe,
+                        x,
+                        ctx,
+                        secs,
+                        stochastic=spec.stochastic,
+                        calls=cden.model.calls,
+                    )
+                )
+    b.close()
+    return out
+
+
+# -- diffusers ----------------------------------------------------------------------------------
+def diffusers_configs(kind: str):
+    """(name, factory, stochastic) of the diffusers schedulers that apply to the teacher."""
+    import diffusers as D
+
+    if kind == "vp":
+        c = dict(
+            num_train_timesteps=N_TRAIN,
+            beta_start=1e-4,
+            beta_end=0.02,
+            beta_schedule="linear",
+            prediction_type="epsilon",
+        )
+        return [
+            ("DDIM", lambda: D.DDIMScheduler(**c, clip_sample=False), False),
+            (
+                "DDIM trailing",
+                lambda: D.DDIMScheduler(**c, clip_sample=False, timestep_spacing="trailing"),
+                False,
+            ),
+            ("DPMSolverMultistep 2M", lambda: D.DPMSolverMultistepScheduler(**c), False),
+            (
+                "DPMSolverMultistep 3M",
+                lambda: D.DPMSolverMultistepScheduler(**c, solver_order=3),
+                False,
+            ),
+            (
+                "DPMSolverMultistep 2M karras",
+                lambda: D.DPMSolverMultistepScheduler(**c, use_karras_sigmas=True),
+                False,
+            ),
+            (
+                "DPMSolverMultistep 2M lu-lambdas",
+                lambda: D.DPMSolverMultistepScheduler(**c, use_lu_lambdas=True),
+                False,
+            ),
+            (
+                "DPMSolverMultistep 2M SDE",
+                lambda: D.DPMSolverMultistepScheduler(**c, algorithm_type="sde-dpmsolver++"),
+                True,
+            ),
+            (
+                "DPMSolverSinglestep 2",
+                lambda: D.DPMSolverSinglestepScheduler(**c, solver_order=2),
+                False,
+            ),
+            (
+                "DPMSolverSinglestep 3",
+                lambda: D.DPMSolverSinglestepScheduler(**c, solver_order=3),
+                False,
+            ),
+            ("UniPC 2 bh2", lambda: D.UniPCMultistepScheduler(**c, solver_order=2), False),
+            ("UniPC 3 bh2", lambda: D.UniPCMultistepScheduler(**c, solver_order=3), False),
+            (
+                "UniPC 2 bh1",
+                lambda: D.UniPCMultistepScheduler(**c, solver_order=2, solver_type="bh1"),
+                False,
+            ),
+            (
+                "UniPC 2 karras",
+                lambda: D.UniPCMultistepScheduler(**c, use_karras_sigmas=True),
+                False,
+            ),
+            ("DEIS 2", lambda: D.DEISMultistepScheduler(**c, solver_order=2), False),
+            ("DEIS 3", lambda: D.DEISMultistepScheduler(**c, solver_order=3), False),
+            ("SASolver ODE", lambda: D.SASolverScheduler(**c, tau_func=lambda t: 0.0), False),
+            ("Heun", lambda: D.HeunDiscreteScheduler(**c), False),
+            ("Heun karras", lambda: D.HeunDiscreteScheduler(**c, use_karras_sigmas=True), False),
+            ("KDPM2", lambda: D.KDPM2DiscreteScheduler(**c), False),
+            ("Euler", lambda: D.EulerDiscreteScheduler(**c), False),
+            ("Euler karras", lambda: D.EulerDiscreteScheduler(**c, use_karras_sigmas=True), False),
+            ("LMS", lambda: D.LMSDiscreteScheduler(**c), False),
+            ("PNDM (PLMS)", lambda: D.PNDMScheduler(**c, skip_prk_steps=True), False),
+            ("EulerAncestral", lambda: D.EulerAncestralDiscreteScheduler(**c), True),
+            ("KDPM2Ancestral", lambda: D.KDPM2AncestralDiscreteScheduler(**c), True),
+            ("DDPM", lambda: D.DDPMScheduler(**c, clip_sample=False), True),
+        ]
+    f = dict(num_train_timesteps=N_TRAIN)
+    flow = dict(
+        num_train_timesteps=N_TRAIN,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=1.0,
+    )
+    return [
+        ("FlowMatchEuler", lambda: D.FlowMatchEulerDiscreteScheduler(**f, shift=1.0), False),
+        ("FlowMatchHeun", lambda: D.FlowMatchHeunDiscreteScheduler(**f, shift=1.0), False),
+        ("DPMSolverMultistep 2M flow", lambda: D.DPMSolverMultistepScheduler(**flow), False),
+        (
+            "DPMSolverMultistep 3M flow",
+            lambda: D.DPMSolverMultistepScheduler(**flow, solver_order=3),
+            False,
+        ),
+        (
+            "DPMSolverSinglestep 2 flow",
+            lambda: D.DPMSolverSinglestepScheduler(**flow, solver_order=2),
+            False,
+        ),
+        ("UniPC 2 flow", lambda: D.UniPCMultistepScheduler(**flow, solver_order=2), False),
+        ("UniPC 3 flow", lambda: D.UniPCMultistepScheduler(**flow, solver_order=3), False),
+        ("DEIS 2 flow", lambda: D.DEISMultistepScheduler(**flow, solver_order=2), False),
+        ("SASolver ODE flow", lambda: D.SASolverScheduler(**flow, tau_func=lambda t: 0.0), False),
+    ]
+
+
+def diffusers_model(den: Denoiser, kind: str):
+    """The teacher as a diffusers-style network: eps on integer (or fractional) DDPM timesteps
+    n = t N - 1, or the flow velocity on timesteps 1000 t."""
+    if kind == "vp":
+        return lambda x, ts: den.eps(x, (ts.double() + 1.0) / N_TRAIN)
+    return lambda x, ts: den.velocity(x, ts.double() / N_TRAIN)
+
+
+def run_diffusers(make, model, noise, steps, seed):
+    """The standard diffusers loop; returns (x, model calls)."""
+    sch = make()
+    sch.set_timesteps(steps)
+    takes_gen = "generator" in inspect.signature(sch.step).parameters
+    gen = torch.Generator().manual_seed(seed)
+    x = noise * sch.init_noise_sigma
+    calls = 0
+    for ts in sch.timesteps:
+        inp = sch.scale_model_input(x, ts)
+        out = model(inp, ts.reshape(1).expand(x.shape[0]))
+        calls += 1
+        kw = {"generator": gen} if takes_gen else {}
+        x = sch.step(out.to(x.dtype), ts, x, **kw).prev_sample
+    return x, calls
+
+
+def steps_for(make, nfe: int) -> int | None:
+    """The number of inference steps whose timesteps (= model calls) number exactly nfe."""
+    for n in range(1, nfe + 2):
+        try:
+            sch = make()
+            sch.set_timesteps(n)
+        except Exception:  # some schedulers reject tiny step counts
+            continue
+        if len(sch.timesteps) == nfe:
+            return n
+    return None
+
+
+def diffusers_rows(ctx, args):
+    try:
+        configs = diffusers_configs(ctx["kind"])
+    except ImportError as e:
+        print(f"  diffusers rows skipped: {e}")
+        return []
+    model = diffusers_model(ctx["den"], ctx["kind"])
+    out = []
+    b = bar(len(configs) * len(args.nfe), "diffusers", args.progress)
+    for name, make, stochastic in configs:
+        for nfe in args.nfe:
+            b.update(1)
+            try:
+                steps = steps_for(make, nfe)
+                if steps is None:
+                    raise ValueError(f"no step count gives exactly {nfe} model calls")
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    x, calls = run_diffusers(make, model, ctx["noise"], steps, args.seed + 7)
+                secs = time.perf_counter() - t0
+            except Exception as e:  # report what fails, keep benchmarking
+                out.append(
+                    {
+                        "teacher": ctx["name"],
+                        "family": "diffusers",
+                        "sampler": name,
+                        "config": "",
+                        "nfe": nfe,
+                        "error": None,
+                        "sw2": None,
+                        "note": f"n/a: {type(e).__name__}: {e}"[:200],
+                    }
+                )
+                continue
+            out.append(
+                row(
+                    "diffusers",
+                    name,
+                    f"{steps} steps",
+                    nfe,
+                    x,
+                    ctx,
+                    secs,
+                    stochastic=stochastic,
+                    calls=calls,
+                )
+            )
+    b.close()
+    return out
+
+
+# -- k-diffusion --------------------------------------------------------------------------------
+KDIFF = {  # sampler: (NFE of n steps to sigma = 0, stochastic)
+    "sample_euler": (lambda n: n, False),
+    "sample_heun": (lambda n: 2 * n - 1, False),
+    "sample_dpm_2": (lambda n: 2 * n - 1, False),
+    "sample_lms": (lambda n: n, False),
+    "sample_dpmpp_2m": (lambda n: n, False),
+    "sample_euler_ancestral": (lambda n: n, True),
+    "sample_dpm_2_ancestral": (lambda n: 2 * n - 1, True),
+    "sample_dpmpp_2s_ancestral": (lambda n: 2 * n - 1, True),
+    "sample_dpmpp_2m_sde": (lambda n: n, True),
+    "sample_dpmpp_3m_sde": (lambda n: n, True),
+}
+
+
+def kdiffusion_rows(ctx, args):
+    try:
+        import k_diffusion as K
+    except ImportError as e:
+        print(
+            f"  k-diffusion rows skipped: k_diffusion is not installed ({e}); the workspace "
+            "needs it as a dev dependency (k-diffusion) for these rows"
+        )
+        return []
+    den, path = ctx["den"], ctx["den"].path
+    sig_min = path.sigma_ve(torch.tensor(default_t_min(path))).item()
+    sig_max = min(80.0, path.sigma_ve(torch.tensor(clip_t_max(path, 1.0))).item())
+
+    class VE(torch.nn.Module):  # k-diffusion's denoiser D(x, sigma) on x = x0 + sigma noise
+        def forward(self, x, sigma):
+            t = path.t_from_sigma_ve(sigma.double())
+            a = path.alpha(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+            return den.x0(a * x, t)
+
+    out = []
+    for name, (cost, stochastic) in KDIFF.items():
+        fn = getattr(K.sampling, name, None)
+        if fn is None:
+            continue
+        for nfe in args.nfe:
+            n = next((n for n in range(1, nfe + 1) if cost(n) == nfe), None)
+            if n is None:
+                continue
+            sigmas = K.sampling.get_sigmas_karras(n, sig_min, sig_max, rho=7.0)
+            model = Counter(VE())
+            torch.manual_seed(args.seed + 7)
+            t0 = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    x = fn(model, ctx["noise"] * sigmas[0], sigmas, disable=True)
+            except Exception as e:  # e.g. sample_dpmpp_2m_sde fails on a single step
+                print(f"  k-diffusion {name} with {n} steps failed: {type(e).__name__}: {e}")
+                continue
+            out.append(
+                row(
+                    "k-diffusion",
+                    name,
+                    f"karras {n} steps",
+                    nfe,
+                    x,
+                    ctx,
+                    time.perf_counter() - t0,
+                    stochastic=stochastic,
+                    calls=model.calls,
+                )
+            )
+    return out
+
+
+# -- searched and learned -----------------------------------------------------------------------
+def searched_rows(ctx, args):
+    den, calib, ref_c = ctx["den"], ctx["calib"], ctx["ref_calib"]
+    nfes = [n for n in args.nfe if n <= SEARCH_NFE_MAX]
+    out, schedules = [], {}
+    trajectories = {}
+
+    def trajectory(t0):
+        if t0 not in trajectories:
+            trajectories[t0] = search.teacher_trajectory(den, calib, t0=t0)
+        return trajectories[t0]
+
+    def add(method, nfe, sched, secs):
+        cden = counted(den)
+        with torch.no_grad():
+            x = sample(cden, ctx["noise"], nfe=nfe, schedule=sched)
+        r = row(
+            "searched" if method in search.METHODS else "learned",
+            method,
+            sched.meta.get("solver", ""),
+            nfe,
+            x,
+            ctx,
+            secs,
+            calls=cden.model.calls,
+            note=f"calibration error {sched.meta.get('calibration_error', float('nan')):.4g}",
+        )
+        out.append(r)
+        schedules[f"{method}/nfe{nfe}"] = sched.to_dict()
+
+    b = bar(len(nfes) * 5, "search", args.progress)
+    for nfe in nfes:
+        common = dict(nfe=nfe, noise=calib, reference=ref_c, seed=args.seed, progress=False)
+        t0 = time.perf_counter()
+        evo = search.search_schedule(den, **common, iterations=args.generations)
+        add("evolutionary", nfe, evo, time.perf_counter() - t0)
+        b.update(1)
+        t0 = time.perf_counter()
+        auto = search.search_schedule(
+            den, **common, method="autodiffusion", iterations=args.generations
+        )
+        add("autodiffusion", nfe, auto, time.perf_counter() - t0)
+        b.update(1)
+        t0 = time.perf_counter()
+        grad = search.search_schedule(
+            den, **common, method="gradient", iterations=args.gradient_steps
+        )
+        add("gradient", nfe, grad, time.perf_counter() - t0)
+        b.update(1)
+        # LSD from DPM-Solver++(2M) on the logsnr schedule; LSD+ from the evolutionary schedule
+        default = uniform_logsnr(nfe, den.path)  # where sample()'s default starts
+        t0 = time.perf_counter()
+        lsd = search.learn_sampler(
+            den,
+            nfe=nfe,
+            noise=calib,
+            iterations=args.lsd_steps,
+            trajectory=trajectory(default[0].item()),
+            progress=False,
+        )
+        add("lsd", nfe, lsd, time.perf_counter() - t0)
+        b.update(1)
+        t0 = time.perf_counter()
+        lsdp = search.learn_sampler(
+            den,
+            nfe=nfe,
+            noise=calib,
+            base=evo,
+            learn_times=True,
+            iterations=args.lsd_steps,
+            trajectory=trajectory(evo.times[0].item()),
+            progress=False,
+        )
+        add("lsd+", nfe, lsdp, time.perf_counter() - t0)
+        b.update(1)
+    b.close()
+    return out, schedules
+
+
+# -- overhead and agreement with diffusers -------------------------------------------------------
+def overhead(args) -> dict:
+    """Median wall time per step of a whole dpm++2m sampling loop (20 steps, batch 16 x 2) with a
+    trivial eps network on the DDPM path: onestep's `sample` against diffusers'
+    DPMSolverMultistepScheduler (set_timesteps + step); and onestep's on the closed-form
+    VP("linear") path, whose alpha and sigma cost less than the DDPM path's interpolation."""
+    try:
+        import diffusers as D
+    except ImportError as e:
+        return {"skipped": str(e)}
+    steps, repeats = 20, 30 if not args.quick else 5
+
+    def net(x, t):
+        return 0.1 * x
+
+    den = Denoiser(net, VP.ddpm_linear(N_TRAIN), prediction="eps", time_input="index")
+    smooth = Denoiser(net, VP("linear"), prediction="eps")  # closed-form alpha, sigma
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    sch = D.DPMSolverMultistepScheduler(
+        num_train_timesteps=N_TRAIN, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+    )
+
+    def ours():
+        sample(den, noise, nfe=steps, solver="dpm++2m")
+
+    def ours_smooth():
+        sample(smooth, noise, nfe=steps, solver="dpm++2m")
+
+    def theirs():
+        sch.set_timesteps(steps)
+        x = noise
+        for t in sch.timesteps:
+            x = sch.step(net(x, t), t, x).prev_sample
+
+    def median_ms(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times) / steps
+
+    # interleave the two so that load on a shared machine hits both alike
+    a, b, c = [], [], []
+    for _ in range(3):
+        a.append(median_ms(ours))
+        b.append(median_ms(theirs))
+        c.append(median_ms(ours_smooth))
+    ours_ms, theirs_ms = min(a), min(b)
+    return {
+        "onestep_ms_per_step": ours_ms,
+        "diffusers_ms_per_step": theirs_ms,
+        "ratio": ours_ms / theirs_ms,
+        "onestep_closed_form_path_ms_per_step": min(c),
+        "closed_form_ratio": min(c) / theirs_ms,
+        "steps": steps,
+        "repeats": repeats,
+    }
+
+
+def dpmpp_2m_agreement(ctx, args) -> dict:
+    """Max relative difference of onestep's dpm++2m and diffusers' DPMSolverMultistepScheduler
+    on the diffusers time grid (t = (n + 1) / N, then 0), on the VP teacher and held-out noise,
+    with the path built from diffusers' own (float32) betas."""
+    try:
+        import diffusers as D
+    except ImportError as e:
+        return {"skipped": str(e)}
+    den, noise = ctx["den"], ctx["noise"].double()
+    # diffusers keeps alphas_cumprod in float32: its cumulative product over 1000 betas is off by
+    # ~1e-5 relative where alpha ~ 0.006, which x0 = (x - sigma eps) / alpha magnifies to ~1e-4.
+    # Both sides get the same float64 table here, so that only the solvers are compared; the
+    # difference with diffusers' own float32 table is reported too.
+    betas = D.DPMSolverMultistepScheduler(
+        num_train_timesteps=N_TRAIN, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+    ).betas.double()
+    den64 = Denoiser(
+        copy.deepcopy(den.model).double(),
+        VP.from_betas(betas),
+        prediction=den.prediction,
+        time_input=den.time_input,
+    )
+    model = diffusers_model(den64, "vp")
+    def make32():
+        return D.DPMSolverMultistepScheduler(
+            num_train_timesteps=N_TRAIN, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+        )
+
+    def make64():
+        sch = make32()
+        sch.alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+        sch.alpha_t = sch.alphas_cumprod.sqrt()
+        sch.sigma_t = (1.0 - sch.alphas_cumprod).sqrt()
+        sch.lambda_t = sch.alpha_t.log() - sch.sigma_t.log()
+        return sch
+
+    worst = {"float64": 0.0, "float32": 0.0}
+    try:
+        dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        for nfe in args.nfe:
+            if nfe < 2:
+                continue
+            with torch.no_grad():
+                sch = make32()
+                sch.set_timesteps(nfe)
+                times = torch.cat(
+                    [(sch.timesteps.double() + 1) / N_TRAIN, torch.zeros(1, dtype=torch.float64)]
+                )
+                ours = sample(den64, noise, nfe=nfe, solver="dpm++2m", schedule=times)
+                for table, make in (("float64", make64), ("float32", make32)):
+                    theirs, _ = run_diffusers(make, model, noise, nfe, 0)
+                    diff = ((ours - theirs).norm() / theirs.norm()).item()
+                    worst[table] = max(worst[table], diff)
+    finally:
+        torch.set_default_dtype(dtype)
+    return {
+        "max_relative_difference": worst["float64"],
+        "max_relative_difference_float32_table": worst["float32"],
+        "teacher": ctx["name"],
+        "dtype": "float64",
+    }
+
+
+# -- reports ------------------------------------------------------------------------------------
+ANCHOR_FAMILIES = ("onestep", "diffusers", "k-diffusion")
+
+
+def best(rows, teacher, nfe, families, deterministic=True):
+    cands = [
+        r
+        for r in rows
+        if r["teacher"] == teacher
+        and r["nfe"] == nfe
+        and r["family"] in families
+        and r.get("error") is not None
+        and math.isfinite(r["error"])
+        and not (deterministic and r.get("stochastic"))
+    ]
+    return min(cands, key=lambda r: r["error"]) if cands else None
+
+
+def label(r):
+    return f"{r['family']}:{r['sampler']} {r['config']}".strip()
+
+
+def summary(rows, teachers, args):
+    out = {}
+    for name in teachers:
+        for nfe in args.nfe:
+            anchor = best(rows, name, nfe, ANCHOR_FAMILIES)
+            found = best(rows, name, nfe, ("searched", "learned"))
+            default = next(
+                (
+                    r
+                    for r in rows
+                    if r["teacher"] == name
+                    and r["nfe"] == nfe
+                    and r["family"] == "onestep"
+                    and r["sampler"] == "dpmpp_2m"
+                    and r["config"] == "logsnr"
+                    and r.get("error") is not None
+                ),
+                None,
+            )
+            out[f"{name}/nfe{nfe}"] = {
+                "best_anchor": anchor and {"sampler": label(anchor), "error": anchor["error"]},
+                "best_searched": found and {"sampler": label(found), "error": found["error"]},
+                "default_dpmpp_2m_logsnr": default and default["error"],
+                "ratio": (found["error"] / anchor["error"]) if found and anchor else None,
+            }
+    return out
+
+
+def markdown(rows, summ, extra, teachers, args) -> str:
+    lines = [
+        "# Few-step solver benchmark",
+        "",
+        "RMS endpoint error against the RK45 reference on held-out noise (lower is better), "
+        "and sliced W2 to held-out data, per NFE. `benchmarks/solvers/run.py` writes this.",
+        "",
+        "## Searched / learned vs the best anchor sampler",
+        "",
+        "| teacher | NFE | best anchor | error | best searched/learned | error | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, s in summ.items():
+        teacher, nfe = key.split("/nfe")
+        if s["best_searched"] is None or s["best_anchor"] is None:
+            continue
+        lines.append(
+            f"| {teacher} | {nfe} | {s['best_anchor']['sampler']} | "
+            f"{s['best_anchor']['error']:.4f} | {s['best_searched']['sampler']} | "
+            f"{s['best_searched']['error']:.4f} | {s['ratio']:.2f} |"
+        )
+    ov = extra["overhead"]
+    lines += ["", "## Overhead and agreement", ""]
+    if "ratio" in ov:
+        lines.append(
+            f"- per-step overhead, trivial network, dpm++2m on the DDPM path: onestep "
+            f"{ov['onestep_ms_per_step']:.3f} ms vs diffusers "
+            f"{ov['diffusers_ms_per_step']:.3f} ms (ratio {ov['ratio']:.2f}); onestep on the "
+            f"closed-form VP('linear') path {ov['onestep_closed_form_path_ms_per_step']:.3f} ms "
+            f"(ratio {ov['closed_form_ratio']:.2f})"
+        )
+    ag = extra["agreement"]
+    if "max_relative_difference" in ag:
+        lines.append(
+            f"- onestep dpm++2m vs diffusers DPMSolverMultistepScheduler on "
+            f"{ag['teacher']}, float64, both on the same float64 alphas_cumprod: max relative "
+            f"difference {ag['max_relative_difference']:.2e} (with diffusers' own float32 "
+            f"alphas_cumprod: {ag['max_relative_difference_float32_table']:.2e})"
+        )
+    for note in extra.get("notes", []):
+        lines.append(f"- {note}")
+    for name in teachers:
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            "Best of each family (deterministic samplers), error / sliced W2:",
+            "",
+            "| NFE | "
+            + " | ".join(
+                ["onestep", "diffusers", "k-diffusion", "searched", "learned", "dpm++2m logsnr"]
+            )
+            + " |",
+            "|---" * 7 + "|",
+        ]
+        for nfe in args.nfe:
+            cells = []
+            for fam in ("onestep", "diffusers", "k-diffusion", "searched", "learned"):
+                r = best(rows, name, nfe, (fam,))
+                cells.append(
+                    f"{r['error']:.4f} / {r['sw2']:.3f} ({r['sampler']} {r['config']})"
+                    if r
+                    else "-"
+                )
+            d = summ[f"{name}/nfe{nfe}"]["default_dpmpp_2m_logsnr"]
+            cells.append(f"{d:.4f}" if d is not None else "-")
+            lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "<details><summary>every row</summary>",
+            "",
+            "| family | sampler | config | NFE | error | sliced W2 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            if r["teacher"] != name:
+                continue
+            e = "n/a" if r.get("error") is None else f"{r['error']:.4f}"
+            w = "n/a" if r.get("sw2") is None else f"{r['sw2']:.4f}"
+            st = " (stochastic)" if r.get("stochastic") else ""
+            lines.append(
+                f"| {r['family']} | {r['sampler']}{st} | {r['config']} | {r['nfe']} | {e} | {w} |"
+            )
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, teachers, args, file):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(teachers), figsize=(5 * len(teachers), 4), squeeze=False)
+    for ax, name in zip(axes[0], teachers, strict=True):
+        series = {
+            "best onestep": ("onestep",),
+            "best diffusers": ("diffusers",),
+            "best k-diffusion": ("k-diffusion",),
+            "searched (best)": ("searched",),
+            "learned (best)": ("learned",),
+        }
+        for lab, fams in series.items():
+            pts = [(n, best(rows, name, n, fams)) for n in args.nfe]
+            pts = [(n, r["error"]) for n, r in pts if r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=lab)
+        pts = [
+            (r["nfe"], r["error"])
+            for r in rows
+            if r["teacher"] == name
+            and r["family"] == "onestep"
+            and r["sampler"] == "dpmpp_2m"
+            and r["config"] == "logsnr"
+            and r.get("error") is not None
+        ]
+        if pts:
+            ax.plot(*zip(*sorted(pts), strict=True), "k--", label="dpm++2m logsnr (default)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("RMS error to RK45")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
+
+
+# -- main ---------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif str(f.type).startswith("tuple"):
+            kind = int if "int" in str(f.type) else str
+            parser.add_argument(flag, type=kind, nargs="+", default=f.default)
+        else:
+            kind = {"int": int, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=f.default)
+    ns = vars(parser.parse_args(argv))
+    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}).resolved()
+    torch.set_num_threads(args.threads)
+    out = FilePath(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows, schedules, teachers, notes = [], {}, [], []
+    agreement = {}
+    for data_name in args.data:
+        for kind in ("vp", "flow"):
+            name = f"{kind}-{data_name}"
+            teachers.append(name)
+            print(f"[{time.perf_counter() - start:6.0f} s] {name}", flush=True)
+            den, how = get_teacher(kind, data_name, args)
+            print(f"  teacher {how}")
+            dim = den.model.dim
+            g = torch.Generator().manual_seed(args.seed + 100)
+            noise = torch.randn(args.n_eval + args.n_calib, dim, generator=g)
+            t0 = time.perf_counter()
+            stats = {}
+            with torch.no_grad():
+                ref = sample(den, noise, nfe=None, solver="rk45", stats=stats)
+            print(f"  rk45 reference: {stats['nfe']} NFE, {time.perf_counter() - t0:.0f} s")
+            ctx = {
+                "name": name,
+                "kind": kind,
+                "den": den,
+                "noise": noise[: args.n_eval],
+                "ref": ref[: args.n_eval],
+                "calib": noise[args.n_eval :],
+                "ref_calib": ref[args.n_eval :],
+                "data": make_data(data_name, 4000, args.seed + 2).double(),
+            }
+            prior = row("prior", "noise", "", 0, noise[: args.n_eval], ctx, 0.0)
+            rows.append(prior)
+            for part in (onestep_rows, diffusers_rows, kdiffusion_rows):
+                t0 = time.perf_counter()
+                rows += part(ctx, args)
+                print(f"  {part.__name__}: {time.perf_counter() - t0:.0f} s", flush=True)
+            t0 = time.perf_counter()
+            found, sch = searched_rows(ctx, args)
+            rows += found
+            schedules.update({f"{name}/{k}": v for k, v in sch.items()})
+            print(f"  searched_rows: {time.perf_counter() - t0:.0f} s", flush=True)
+            if kind == "vp" and not agreement:
+                agreement = dpmpp_2m_agreement(ctx, args)
+    ov = overhead(args)
+    if not any(r["family"] == "k-diffusion" for r in rows):
+        notes.append("k-diffusion rows skipped: k_diffusion is not installed")
+    summ = summary(rows, teachers, args)
+    extra = {"overhead": ov, "agreement": agreement, "notes": notes}
+    result = {
+        "args": dataclasses.asdict(args),
+        "seconds": time.perf_counter() - start,
+        "summary": summ,
+        "overhead": ov,
+        "agreement": agreement,
+        "notes": notes,
+        "rows": rows,
+        "schedules": schedules,
+    }
+    (out / "solvers.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "solvers.md").write_text(markdown(rows, summ, extra, teachers, args))
+    plot(rows, teachers, args, out / "solvers.png")
+    # the table
+    print(
+        f"\n{'teacher':<20}{'NFE':>4}  {'best anchor':<44}{'error':>9}  "
+        f"{'best searched/learned':<28}{'error':>9}{'ratio':>7}"
+    )
+    for key, s in summ.items():
+        teacher, nfe = key.split("/nfe")
+        a, f = s["best_anchor"], s["best_searched"]
+        print(
+            f"{teacher:<20}{nfe:>4}  {(a or {}).get('sampler', '-'):<44}"
+            f"{(a or {}).get('error', math.nan):>9.4f}  {(f or {}).get('sampler', '-'):<28}"
+            f"{(f or {}).get('error', math.nan):>9.4f}"
+            f"{s['ratio'] if s['ratio'] is not None else math.nan:>7.2f}"
+        )
+    if "ratio" in ov:
+        print(
+            f"\noverhead per step (trivial network, dpm++2m): onestep "
+            f"{ov['onestep_ms_per_step']:.3f} ms, diffusers {ov['diffusers_ms_per_step']:.3f} "
+            f"ms, ratio {ov['ratio']:.2f}; onestep on a closed-form VP path "
+            f"{ov['onestep_closed_form_path_ms_per_step']:.3f} ms, ratio "
+            f"{ov['closed_form_ratio']:.2f}"
+        )
+    if "max_relative_difference" in agreement:
+        print(
+            f"dpm++2m vs diffusers (float64): max relative difference "
+            f"{agreement['max_relative_difference']:.2e}"
+        )
+    for note in notes:
+        print(note)
+    print(
+        f"wrote {out / 'solvers.md'}, solvers.json, solvers.png in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
