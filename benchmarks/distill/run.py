@@ -22,7 +22,6 @@ that a killed run keeps what it finished (`--resume` reuses those rows when thei
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -36,6 +35,7 @@ from pathlib import Path as FilePath
 
 import torch
 
+from onestep.core.cli import parse_dataclass
 from onestep.core.data import gmm_8d, toy_sample
 from onestep.core.denoiser import Denoiser
 from onestep.core.distill import METHODS, toy_config, toy_steps
@@ -623,23 +623,10 @@ def plot(rows, teachers, file):
 
 # -- main ---------------------------------------------------------------------------------------
 def parse(argv) -> Args:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif str(f.type).startswith("tuple"):
-            parser.add_argument(flag, type=str, nargs="+", default=f.default)
-        else:
-            kind = {"int": int, "str": str, "float": float}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=f.default)
-    ns = vars(parser.parse_args(argv))
-    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}).resolved()
+    args = parse_dataclass(Args, argv, __doc__).resolved()
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
-        parser.error(f"unknown methods {unknown}; known: {sorted(METHODS)}")
+        raise SystemExit(f"unknown methods {unknown}; known: {sorted(METHODS)}")
     return args
 
 

@@ -16,7 +16,6 @@ benchmarks/results/solvers.{md,json,png}.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import inspect
@@ -31,6 +30,7 @@ from pathlib import Path as FilePath
 import torch
 
 from onestep.core import search, solvers
+from onestep.core.cli import parse_dataclass
 from onestep.core.data import gmm_8d, toy_sample
 from onestep.core.denoiser import Denoiser
 from onestep.core.io import CheckpointError, load_model, save_model
@@ -905,21 +905,7 @@ def plot(rows, teachers, args, file):
 
 # -- main ---------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif str(f.type).startswith("tuple"):
-            kind = int if "int" in str(f.type) else str
-            parser.add_argument(flag, type=kind, nargs="+", default=f.default)
-        else:
-            kind = {"int": int, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=f.default)
-    ns = vars(parser.parse_args(argv))
-    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}).resolved()
+    args = parse_dataclass(Args, argv, __doc__).resolved()
     torch.set_num_threads(args.threads)
     out = FilePath(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -194,10 +194,25 @@ def _parser_for(cls, parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=help_)
         elif str(f.type).startswith("tuple"):
-            parser.add_argument(flag, type=int, nargs="+", default=f.default, help=help_)
+            inner = str(f.type)[len("tuple["):].split(",")[0].strip()
+            parser.add_argument(flag, type=_KINDS.get(inner, str), nargs="+", default=f.default,
+                                help=help_)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
+            kind = _KINDS.get(str(f.type).split(" ")[0], str)
             parser.add_argument(flag, type=kind, default=f.default, help=help_)
+
+
+_KINDS = {"int": int, "float": float, "str": str}
+
+
+def parse_dataclass(cls, argv=None, description: str | None = None):
+    """An instance of the frozen dataclass `cls` from command-line flags (one per field, help
+    from the field docstrings): what every onestep command and benchmark script parses with."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser_for(cls, parser)
+    ns = vars(parser.parse_args(argv))
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

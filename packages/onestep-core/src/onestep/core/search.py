@@ -542,6 +542,14 @@ def _lam_from_logits(space: _Space, logits: Tensor) -> Tensor:
     return space.lo + (space.hi - space.lo) * frac
 
 
+def _path_meta(path) -> dict:
+    """{"path": path.config}, or {} for a path without a JSON config (an Affine of callables)."""
+    try:
+        return {"path": path.config}
+    except ValueError:
+        return {}
+
+
 @contextmanager
 def _frozen(module):
     """Gradients flow to the inputs only, not into the network's parameters."""
@@ -626,10 +634,7 @@ def search_schedule(
         "seed": seed,
         "default_error": endpoint_error(default, ref),
     }
-    try:
-        meta["path"] = path.config
-    except ValueError:
-        pass
+    meta.update(_path_meta(path))
     rng = np.random.default_rng(seed)
     if method == "autodiffusion":
         iterations = 40 if iterations is None else iterations
@@ -1090,8 +1095,5 @@ def learn_sampler(
         "init_error": first,
         "calibration_error": best[0],
     }
-    try:
-        meta["path"] = path.config
-    except ValueError:
-        pass
+    meta.update(_path_meta(path))
     return _usf_schedule(space, best[2].numpy(), plan, coefficients=coefficients, meta=meta)

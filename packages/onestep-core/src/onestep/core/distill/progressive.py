@@ -313,7 +313,6 @@ class ProgressiveDistiller(Distiller):
         if k != self.round:
             self._start_round(k)
         teacher = self.teacher if k == 0 else self.round_teacher
-        teacher.to(x.device)
         self.student.train()
         loss, logs = progressive_loss(
             self.student,

@@ -43,6 +43,7 @@ from `conds` (pass the training conditions) or, failing that, from the first bat
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -605,7 +606,6 @@ class _CouplingDistiller(Distiller):
     # -- train.Task ----------------------------------------------------------------------------
     def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
         x, cond = split_batch(batch)
-        _to_device(self.teacher, x.device)
         i, local = self.locate(step)
         self._begin_phase(i, x, cond)
         noise, x_pair, c = self._draw(x.shape[0], generator)
@@ -616,8 +616,9 @@ class _CouplingDistiller(Distiller):
         logs["phase"] = float(i)
         return logs
 
+    @abstractmethod
     def _train(self, phase: _Phase, noise, x, cond, local: int, generator) -> dict[str, float]:
-        raise NotImplementedError
+        """One update of `phase` at its local step; the subclass's loss."""
 
     def extra_state(self) -> dict:
         state = {"started": self._started, "key": self._key}
@@ -664,12 +665,6 @@ class _CouplingDistiller(Distiller):
         logs["grad_norm"] = self.update(phase.optimizer, loss, clip=c.clip or None)
         logs["loss"] = logs["reflow_loss"]
         return logs
-
-
-def _to_device(module: nn.Module, device) -> None:
-    p = next(iter(module.parameters()), None)
-    if p is not None and p.device != device:
-        module.to(device)
 
 
 class ReflowDistiller(_CouplingDistiller):
