@@ -745,12 +745,17 @@ def main(argv=None) -> int:
     b = bar(len(todo), "methods", args.progress)
     for name, data_name in todo:
         b.set_postfix(method=f"{name}/{data_name}")
+        # reuse a row only if it was trained with the same config and budget (a changed
+        # toy_defaults or override reruns the method)
+        config, steps, _ = method_plan(name, ctxs[data_name]["teacher"], args)
         reuse = [
             r
             for r in old_rows
             if r["data"] == data_name
             and r["method"] == name
             and r.get("overrides") == OVERRIDES.get(name, {})
+            and r.get("config") == jsonable(dataclasses.asdict(config))
+            and r.get("steps") == steps
             and r.get("error") is None
         ]
         if reuse:
