@@ -2,6 +2,7 @@
 improved consistency training (iCT) and segment-wise multistep CD, on tiny CPU runs."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -370,7 +371,13 @@ def test_registry():
     for name, (cfg_cls, dist_cls, desc) in all_methods().items():
         assert dist_cls.kind == name and isinstance(desc, str) and desc
         cfg_cls().validate()
-        assert cfg_cls.toy_defaults() == cfg_cls()
+        if name == "ict":  # toy scale: squared L2 and a longer curriculum (see toy_defaults)
+            toy = cfg_cls.toy_defaults()
+            assert (toy.metric, toy.total_steps) == ("l2", 8000)
+            assert replace(toy, metric="pseudo_huber", total_steps=4000) == cfg_cls()
+            assert cfg_cls.toy_defaults(total_steps=100).total_steps == 100
+        else:
+            assert cfg_cls.toy_defaults() == cfg_cls()
 
 
 def test_ict_fresh_student(flow_teacher):

@@ -427,6 +427,10 @@ def test_registries():
         assert distiller_cls.kind == name and isinstance(description, str)
         config_cls().validate()
         config_cls.toy_defaults().validate()
+    # toy MeanFlow: mostly r != t and an EMA (see MeanFlowConfig.toy_defaults); overridable
+    toy = MeanFlowConfig.toy_defaults()
+    assert (toy.ratio_r_neq_t, toy.ema_decay, toy.jvp) == (0.75, 0.995, "double_backward")
+    assert MeanFlowConfig.toy_defaults(ema_decay=None, ratio_r_neq_t=0.25).ema_decay is None
 
 
 @pytest.mark.parametrize(

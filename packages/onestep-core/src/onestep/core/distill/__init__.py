@@ -41,7 +41,7 @@ def toy_config(name: str, teacher=None, **overrides):
 
 # Trainer steps a toy-scale run needs, for methods whose config does not fix them.
 _TOY_STEPS = {"cd": 3000, "segment_cd": 3000, "meanflow": 3000, "tdm": 2000, "dmd": 3000,
-              "dmd2": 2000, "disback": 3000, "vsd": 3000, "fdistill": 3000, "sim": 3000,
+              "dmd2": 1000, "disback": 3000, "vsd": 3000, "fdistill": 3000, "sim": 3000,
               "msd": 3000}
 
 

@@ -472,8 +472,11 @@ class DMD2Config:
 
     @classmethod
     def toy_defaults(cls, teacher=None, **overrides) -> DMD2Config:
-        """Settings for 2-16-D toy data with an MLP teacher: 1500-3000 steps, batch 256."""
-        base = dict(lr=3e-4, fake_lr=3e-4, fake_updates=2, ema_decay=0.99)
+        """Settings for 2-16-D toy data with an MLP teacher: 1000 steps, batch 256. The
+        paper's two time-scale rule (5 fake updates per generator update, Sec. 4.2): on the
+        distillation benchmark's checkerboard 2 updates for 2000 steps gave 2.38x the 50-NFE
+        teacher's SW2, 5 for 1000 steps (the same compute) 1.59x."""
+        base = dict(lr=3e-4, fake_lr=3e-4, fake_updates=5, ema_decay=0.99)
         base.update(overrides)
         return cls(**base)
 
