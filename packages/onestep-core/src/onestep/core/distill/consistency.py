@@ -503,9 +503,7 @@ class ICTConfig:
           A smaller s1 (160: 2.5x), a larger s1 (5120: 2.0x), a student EMA (0.999: 2.1x) and
           P_mean = -0.4 (the lognormal rescaled to sigma_data = 1: 1.8x) did not help on
           gmm_8d at K = 4000."""
-        base = dict(metric="l2", total_steps=8000)
-        base.update(overrides)
-        return replace(cls(), **base)
+        return replace(cls(metric="l2", total_steps=8000), **overrides)
 
 
 class ICTDistiller(_ConsistencyDistiller):

@@ -159,9 +159,9 @@ class MeanFlowConfig:
         - ema_decay=0.995: the learning rate stays constant, and with 75% r != t the last
           iterate is noisy. An EMA over ~200 steps gives 1.4x / 1.9x (the paper also samples
           an EMA, 0.9999 over far longer runs)."""
-        base = dict(jvp="double_backward", ratio_r_neq_t=0.75, ema_decay=0.995)
-        base.update(overrides)
-        return replace(cls(), **base)
+        return replace(
+            cls(jvp="double_backward", ratio_r_neq_t=0.75, ema_decay=0.995), **overrides
+        )
 
 
 # ----------------------------------------------------------------------------------------------

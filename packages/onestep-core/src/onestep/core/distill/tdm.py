@@ -157,9 +157,7 @@ class TDMConfig:
         game oscillated (4-step SW2 on the distillation benchmark's checkerboard between 0.08
         and 0.22 from one checkpoint to the next, worse than the teacher's own 4-step solve,
         0.14); with both, 0.037 (gmm8d: 0.155 -> 0.116, the teacher's 4-step 0.163)."""
-        base = dict(lr=1e-4, ema_decay=0.99)
-        base.update(overrides)
-        return replace(cls(), **base)
+        return replace(cls(lr=1e-4, ema_decay=0.99), **overrides)
 
 
 # ----------------------------------------------------------------------------------------------
