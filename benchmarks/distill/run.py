@@ -38,7 +38,7 @@ import torch
 from onestep.core.cli import parse_dataclass
 from onestep.core.data import gmm_8d, toy_sample
 from onestep.core.denoiser import Denoiser
-from onestep.core.distill import METHODS, toy_config, toy_steps
+from onestep.core.distill import METHODS, toy_config, toy_steps, with_steps
 from onestep.core.io import CheckpointError, load_model, save_model
 from onestep.core.losses import FlowMatchingLoss
 from onestep.core.metrics import mmd, sliced_wasserstein
@@ -300,6 +300,8 @@ def method_plan(name: str, teacher: Denoiser, args: Args) -> tuple[object, int, 
     if steps is None:
         steps = toy_steps(name, config)
     steps = max(1, round(steps * args.steps_scale))
+    if "lr_decay_steps" not in over:
+        config = with_steps(config, steps)
     if args.quick:  # keep multi-phase schedules consistent with the shrunk budget
         config, steps = shrink(name, config, steps)
     return config, steps, OVERRIDES.get(name, {})

@@ -153,6 +153,20 @@ def test_dry_run_prints_and_stops(files, tmp_path, capsys):
     assert not (tmp_path / "t").exists()
 
 
+def test_lr_decay_ends_with_the_run(files, tmp_path, capsys):
+    """SIM's toy config decays its learning rate over its 3000 default steps; --steps moves the
+    end of the decay with the run, and an explicit --set lr_decay_steps is kept."""
+    def plan(*extra):
+        _run("distill", "--teacher", files / "teacher", "--out", tmp_path / "s", "--dry-run",
+             "--method", "sim", *extra)
+        shown = json.loads(capsys.readouterr().out)
+        return shown["steps"], shown["config"]["lr_decay_steps"]
+
+    assert plan() == (3000, 3000)
+    assert plan("--steps", "40") == (40, 40)
+    assert plan("--steps", "40", "--set", "lr_decay_steps=100") == (40, 100)
+
+
 def _tiny_teacher():
     torch.manual_seed(0)
     return Denoiser(MLP(2, hidden=16, depth=1), RectifiedFlow(), prediction="velocity")

@@ -501,7 +501,7 @@ def _load_teacher(path: str):
 @_user_errors("distill")
 def distill(args: DistillArgs) -> dict:
     from .cli_search import _sample_shape
-    from .distill import get_method, toy_steps
+    from .distill import get_method, toy_steps, with_steps
     from .io import save_student
     from .train import TrainConfig, Trainer
 
@@ -520,6 +520,8 @@ def distill(args: DistillArgs) -> dict:
                              progress=args.progress)
     planned = toy_steps(args.method, config)
     steps = args.steps or planned
+    if "lr_decay_steps" not in overrides:  # a decay of the learning rate ends with the run
+        config = with_steps(config, steps)
     if args.dry_run:
         print(json.dumps({"args": dataclasses.asdict(args), "steps": steps,
                           "config": dataclasses.asdict(config)}, indent=1, default=str))

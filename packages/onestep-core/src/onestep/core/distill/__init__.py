@@ -4,6 +4,8 @@ whose student is a `Generator` with `generate(noise, cond=None, nfe=1)`.
 `METHODS[name] = (ConfigClass, DistillerClass, one-line description)`.
 """
 
+import dataclasses
+
 from . import (
     consistency,
     disback,
@@ -47,7 +49,8 @@ _TOY_STEPS = {"cd": 3000, "segment_cd": 3000, "meanflow": 3000, "tdm": 2000, "dm
 
 def toy_steps(name: str, config) -> int:
     """Trainer steps for `config` of method `name`: the schedule it defines (progressive rounds,
-    iCT's curriculum, reflow rounds plus distillation, phases) or the toy default."""
+    iCT's curriculum, reflow rounds plus distillation, phases, a learning-rate decay) or the
+    toy default."""
     c = config
     if name == "progressive":
         return c.total_steps
@@ -60,8 +63,16 @@ def toy_steps(name: str, config) -> int:
     if name == "phased_dmd":
         return c.phase_steps * len(c.phase_times)
     get_method(name)
-    return _TOY_STEPS[name]
+    return getattr(c, "lr_decay_steps", None) or _TOY_STEPS[name]
+
+
+def with_steps(config, steps: int):
+    """`config` for a run of `steps` Trainer steps: a learning-rate decay that `lr_decay_steps`
+    schedules (over the toy run) is stretched to end with the run."""
+    if getattr(config, "lr_decay_steps", None) not in (None, steps):
+        return dataclasses.replace(config, lr_decay_steps=steps)
+    return config
 
 
 __all__ = ["METHODS", "DenoiserGenerator", "Distiller", "Generator", "get_method", "toy_config",
-           "toy_steps"]
+           "toy_steps", "with_steps"]

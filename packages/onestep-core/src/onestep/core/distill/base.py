@@ -96,6 +96,12 @@ def student_from_teacher(teacher: Denoiser, network: nn.Module | None = None) ->
                     time_input=teacher.time_input, null_cond=teacher.null_cond)
 
 
+def check_decay_steps(steps) -> None:
+    """`lr_decay_steps` fields: None or a positive integer."""
+    if steps is not None and not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"lr_decay_steps must be None or a positive integer, got {steps!r}")
+
+
 def validate_config(config) -> None:
     """Clear errors for NaN numbers in a method's config dataclass, then its own `validate()`."""
     for f in fields(config):

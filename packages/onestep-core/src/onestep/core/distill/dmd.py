@@ -26,16 +26,17 @@ from torch import Tensor, nn
 
 from ..convert import broadcast
 from ..denoiser import Denoiser
-from ..nn.embed import SinusoidalEmbedding
 from ..sampling import resolve_solver, sample
 from .base import (
     DenoiserGenerator,
     Distiller,
     Generator,
+    check_decay_steps,
     denoising_loss,
     split_batch,
     student_from_teacher,
 )
+from .dispersive import FeatureHook, default_layers
 
 __all__ = [
     "DMDConfig",
@@ -384,32 +385,19 @@ class DMDDistiller(Distiller):
 
 
 class DiscriminatorHead(nn.Module):
-    """DMD2's GAN classifier (Sec. 4.3), made independent of the network and the data shape.
+    """DMD2's GAN classifier (Sec. 4.3): a small head on the fake score network's intermediate
+    features (the paper: the UNet bottleneck), so that the discriminator loss also trains the
+    fake network. The features of the hooked layers (any shapes (B, ...)) are flattened and
+    concatenated; a LazyLinear sizes itself on the first call, so any network and data shape
+    work: Linear -> SiLU -> Linear -> one logit per sample."""
 
-    DMD2 puts a small head on the fake diffusion UNet's bottleneck features. Networks here are
-    arbitrary, so the head reads what every fake score gives: its x0 prediction at the noisy
-    input. Each element i of the sample (a coordinate, or a pixel of a channel) gives the features
-    (x_t[i], x0_fake[i], x0_fake[i] - x_t[i], emb(t)); a shared MLP maps them to `hidden` features,
-    which are mean-pooled over the elements, and a second MLP gives one logit per sample
-    (a DeepSets head: any shape (B, ...) works). Because x0_fake(x_t) is computed by the whole
-    fake network, the head sees cross-element structure through it, and the discriminator loss
-    trains the fake network too, as in DMD2.
-    """
-
-    def __init__(self, hidden: int = 64, time_dim: int = 16):
+    def __init__(self, hidden: int = 64):
         super().__init__()
-        self.time = SinusoidalEmbedding(time_dim, scale=1000.0)
-        self.phi = nn.Sequential(
-            nn.Linear(3 + time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
-        )
-        self.rho = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.LazyLinear(hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
-    def forward(self, x_t: Tensor, x0_fake: Tensor, t: Tensor) -> Tensor:
-        b = x_t.shape[0]
-        a, p = x_t.reshape(b, -1, 1).float(), x0_fake.reshape(b, -1, 1).float()  # (B, N, 1)
-        emb = self.time(t.float()).unsqueeze(1).expand(b, a.shape[1], -1)  # (B, N, time_dim)
-        h = self.phi(torch.cat([a, p, p - a, emb], dim=-1))  # (B, N, hidden)
-        return self.rho(h.mean(1)).squeeze(-1)  # (B,)
+    def forward(self, features: list[Tensor]) -> Tensor:
+        h = torch.cat([f.flatten(1).float() for f in features], dim=1)
+        return self.net(h).squeeze(-1)  # (B,)
 
 
 @dataclass(frozen=True)
@@ -440,6 +428,10 @@ class DMD2Config:
     """Discriminator loss weight, added to the fake score's loss (paper code: 1e-2)."""
     disc_hidden: int = 64
     """Width of the DiscriminatorHead."""
+    disc_layers: tuple[str, ...] | None = None
+    """Names of the fake network's submodules whose outputs feed the discriminator head (see
+    `dict(net.named_modules())`); None: `dispersive.default_layers` (the middle block of an MLP
+    or DiT, the UNet's bottleneck `mid2`)."""
     times: tuple[float, ...] = (1.0,)
     """The generator's time grid, t_start first (Sec. 4.5). (1.0,) is the one-step ImageNet
     generator; (1.0, 0.75, 0.5, 0.25) the 4-step SDXL one (timesteps 999, 749, 499, 249)."""
@@ -451,6 +443,9 @@ class DMD2Config:
     none for class-conditional ImageNet)."""
     ema_decay: float | None = None
     """EMA of the generator's weights used by `generator()`; None: the raw weights."""
+    lr_decay_steps: int | None = None
+    """Cosine-decay the generator's learning rate to 0 over this many steps (set it to the
+    Trainer's steps); None: constant, as in the paper."""
     grad_clip: float = 10.0
     """Gradient-norm clip of both optimizers (0 or None: off)."""
 
@@ -458,6 +453,7 @@ class DMD2Config:
         _positive(self, "lr", "fake_lr")
         _check_betas(self.betas)
         _check_t_range(self.t_min, self.t_max)
+        check_decay_steps(self.lr_decay_steps)
         if self.fake_updates < 1:
             raise ValueError(f"DMD2Config.fake_updates must be >= 1, got {self.fake_updates}")
         for name in ("gan_weight", "disc_weight"):
@@ -509,8 +505,14 @@ class DMD2Distiller(Distiller):
         fake_params = list(self.fake.parameters())
         if self.use_gan:
             self.disc = self.add_module("disc", DiscriminatorHead(c.disc_hidden))
+            layers = list(c.disc_layers or default_layers(self.fake.model))
+            self.features = FeatureHook(self.fake.model, layers)
+            self.features.enabled = False  # records only inside `_discriminate`
             fake_params += list(self.disc.parameters())
-        self.add_optimizer("student", self.student.parameters(), lr=c.lr, betas=c.betas)
+        self.add_optimizer(
+            "student", self.student.parameters(), lr=c.lr, betas=c.betas,
+            total_steps=c.lr_decay_steps,
+        )
         self.add_optimizer("fake", fake_params, lr=c.fake_lr, betas=c.betas)
         self.ema = self.add_ema("student", self.student, c.ema_decay) if c.ema_decay else None
         self.times = [float(t) for t in c.times]
@@ -528,7 +530,9 @@ class DMD2Distiller(Distiller):
             device=x0.device,
         )
         x_t = self.diffuse(x0, t, self.noise_like(x0, generator))
-        return self.disc(x_t, self.fake.x0(x_t, t, cond), t)
+        with self.features.capture():
+            self.fake(x_t, t, cond)
+        return self.disc(self.features.tensors())
 
     def _generate(self, z: Tensor, x_data: Tensor, cond, generator, *, grad: bool) -> Tensor:
         """Generator samples x0 (B, ...). Each sample ends at a uniformly drawn step k of the

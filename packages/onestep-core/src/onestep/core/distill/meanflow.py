@@ -40,7 +40,7 @@ from ..convert import as_batch_time, broadcast, convert
 from ..denoiser import Denoiser
 from ..nn import TimeEmbed
 from ..paths import RectifiedFlow
-from .base import Distiller, Generator, split_batch, validate_config
+from .base import Distiller, Generator, check_decay_steps, split_batch, validate_config
 
 __all__ = [
     "MeanFlowConfig",
@@ -97,7 +97,10 @@ class MeanFlowConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     """Adam betas (the paper's ImageNet configuration: (0.9, 0.95))."""
     warmup: int = 0
-    """Linear LR warm-up steps (then constant)."""
+    """Linear LR warm-up steps (then constant, or the cosine decay of `lr_decay_steps`)."""
+    lr_decay_steps: int | None = None
+    """Cosine-decay the learning rate to 0 over this many steps (set it to the Trainer's
+    steps); None: constant."""
     clip: float = 1.0
     """Gradient-norm clipping (0 disables)."""
     ema_decay: float | None = None
@@ -135,6 +138,7 @@ class MeanFlowConfig:
             raise ValueError(
                 f"MeanFlowConfig.betas must be two numbers in [0, 1), got {self.betas}"
             )
+        check_decay_steps(self.lr_decay_steps)
         if self.warmup < 0 or self.clip < 0:
             raise ValueError(
                 f"MeanFlowConfig.warmup and clip must be >= 0, got {self.warmup}, {self.clip}"
@@ -422,6 +426,7 @@ class MeanFlowDistiller(Distiller):
             lr=config.lr,
             betas=tuple(config.betas),
             warmup=config.warmup,
+            total_steps=config.lr_decay_steps,
         )
         self.ema = None
         if config.ema_decay is not None:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..convert import from_x0_eps
 from ..denoiser import Denoiser
-from .base import split_batch
+from .base import check_decay_steps, split_batch
 from .fdistill import _no_param_grads
 from .vsd import _check_common, _ScoreDistiller, _toy, ill_conditioned_start, sample_t
 
@@ -125,6 +125,9 @@ class SIMConfig:
     """Gradient-norm clipping of both updates (None: off)."""
     ema_decay: float | None = None
     """EMA of the generator (None: no EMA; `toy_defaults`: 0.99)."""
+    lr_decay_steps: int | None = None
+    """Cosine-decay the generator's learning rate to 0 over this many steps (set it to the
+    Trainer's steps); None: constant."""
     dispersive_weight: float = 0.0
     """Dispersive loss weight on the generator's middle-block features (0: off)."""
     dispersive_variant: str = "infonce_l2"
@@ -132,6 +135,7 @@ class SIMConfig:
 
     def validate(self) -> None:
         _check_common(self, "SIMConfig")
+        check_decay_steps(self.lr_decay_steps)
         if not self.huber_c > 0:
             raise ValueError(f"SIMConfig.huber_c must be positive, got {self.huber_c}")
         if self.space not in SPACES:
@@ -143,7 +147,7 @@ class SIMConfig:
 
     @classmethod
     def toy_defaults(cls, teacher: Denoiser | None = None, **overrides) -> SIMConfig:
-        """For 2-16-D toy data and an MLP teacher: 2000-4000 steps, batch 256. Given an eps
+        """For 2-16-D toy data and an MLP teacher: 3000 steps, batch 256. Given an eps
         teacher with alpha(1) ~ 0 (`vsd.ill_conditioned_start`), the generator starts at
         `vsd.start_time(teacher)` with lr 3e-5; `overrides` replace any field.
 
@@ -158,7 +162,9 @@ class SIMConfig:
         the RMS scale of standardised data in x0 units, the distance is near-quadratic (SiD's)
         over the typical score gaps; c = 0.1 makes it close to an unsquared norm, whose
         minimiser is a median rather than a mean of the gradient signal: x0 + EMA + c = 1 gives
-        0.042 / 0.045.
+        0.042 / 0.045. A cosine decay of the generator's learning rate to 0 over the run
+        (3000 steps; `lr_decay_steps`) settles the last iterate: 0.042 / 0.045 -> 0.040 / 0.043
+        (1.39x / 1.50x -> 1.31x / 1.43x the teacher's).
         """
         ill = teacher is not None and ill_conditioned_start(teacher)
         return _toy(
@@ -171,6 +177,7 @@ class SIMConfig:
             space="native" if ill else "x0",
             ema_decay=0.99,
             huber_c=1.0,
+            lr_decay_steps=3000,
         )
 
 

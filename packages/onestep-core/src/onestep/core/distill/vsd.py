@@ -245,7 +245,8 @@ class _ScoreDistiller(Distiller):
             teacher, c.fake, rank=c.lora_rank, alpha=c.lora_alpha, network=fake_network
         )
         self.fake = self.add_module("fake", fake)
-        self.add_optimizer("student", self.student.parameters(), lr=c.lr, betas=c.betas)
+        self.add_optimizer("student", self.student.parameters(), lr=c.lr, betas=c.betas,
+                           total_steps=getattr(c, "lr_decay_steps", None))
         self.add_optimizer("fake", fake_params, lr=c.fake_lr, betas=c.betas)
         self.ema = self.add_ema("student", self.student, c.ema_decay) if c.ema_decay else None
         self._student_gen = DenoiserGenerator(self.student, t_start=c.t_start)

@@ -24,6 +24,7 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 FORMAT = "onestep-checkpoint/1"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -288,8 +289,13 @@ def check_match(path: Path, name: str, module: nn.Module, found: Mapping[str, Te
         problems.append(f"missing keys: {_first(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_first(unexpected)}")
+    # a lazy module's (e.g. nn.LazyLinear) uninitialised parameters take the saved shapes
     shapes = [
-        k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)
+        k
+        for k in expected
+        if k in found
+        and not is_lazy(expected[k])
+        and tuple(expected[k].shape) != tuple(found[k].shape)
     ]
     if shapes:
         listed = "; ".join(
