@@ -7,7 +7,7 @@ import torch
 
 from onestep.core.cli import main
 from onestep.core.denoiser import Denoiser
-from onestep.core.io import CheckpointError, load_model, save_model
+from onestep.core.io import CheckpointError, load_model, load_student, save_model
 from onestep.core.nn import MLP, EDMPrecond
 from onestep.core.paths import EDM, VP
 
@@ -53,21 +53,26 @@ def test_bad_model_folders_name_the_file_and_problem(tmp_path):
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     code = main(["demo", "--steps", "150", "--nfe", "2", "8", "--n-samples", "500",
-                 "--no-progress", "--out", str(tmp_path)])
+                 "--distill-steps", "30", "--no-progress", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "sliced W2" in out and "dpm++2m" in out
+    assert "sliced W2" in out and "dpm++2m" in out and "instaflow student" in out
     result = json.loads((tmp_path / "demo.json").read_text())
-    assert [r["nfe"] for r in result["rows"]] == [0, 2, 8]
+    assert [r["nfe"] for r in result["rows"]] == [0, 2, 8, 1]
+    assert result["rows"][-1]["sampler"] == "instaflow student"
     assert all(r["sw2"] > 0 for r in result["rows"])
     assert (tmp_path / "samples.png").stat().st_size > 1000
     den, _ = load_model(tmp_path / "teacher", kind="teacher")
     assert isinstance(den.model, MLP)
+    gen, info = load_student(tmp_path / "student")
+    assert info["student"]["method"] == "instaflow" and info["student"]["nfe"] == 1
 
 
 def test_demo_rejects_bad_options(capsys):
     assert main(["demo", "--objective", "ddpm", "--steps", "1", "--no-progress",
                  "--out", "/tmp/unused-onestep"]) == 2
     assert "unknown objective 'ddpm'" in capsys.readouterr().err
+    assert main(["demo", "--method", "nope", "--no-progress", "--out", "/tmp/unused-onestep"]) == 2
+    assert "unknown distillation method 'nope'" in capsys.readouterr().err
     assert main(["demo", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["data"] == "checkerboard"

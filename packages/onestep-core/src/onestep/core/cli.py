@@ -1,7 +1,7 @@
 """The `onestep` command. One frozen dataclass per command, parsed into flags.
 
-    onestep demo             train a teacher on a built-in 2-D distribution, sample it, print
-                             quality and time
+    onestep demo             train a teacher on a built-in 2-D distribution, sample it, distil
+                             a one-step student, print quality and time
     onestep search-schedule  search (and learn) a few-step sampler for a saved model
 """
 
@@ -21,7 +21,8 @@ import torch
 @dataclass(frozen=True)
 class DemoArgs:
     """Train a small teacher on a built-in 2-D distribution, sample it with a chosen solver at a
-    few step counts, and print the distance to held-out data and the time per sample."""
+    few step counts, distil it into a one-step student, and print each one's distance to
+    held-out data and time per sample."""
 
     data: str = "checkerboard"
     """Built-in distribution: checkerboard, moons, rings, 8gaussians, swissroll."""
@@ -37,6 +38,11 @@ class DemoArgs:
     schedule: str = "logsnr"
     nfe: tuple[int, ...] = (2, 4, 8, 16)
     """Network evaluations to sample with."""
+    method: str = "instaflow"
+    """Distillation method for the one-step student (`onestep methods` lists them); "none"
+    skips the student."""
+    distill_steps: int = 0
+    """Distillation steps; 0: the method's toy-scale default."""
     n_samples: int = 4000
     out: str = "runs/demo"
     """Folder for the model, the log and the sample plot."""
@@ -75,6 +81,10 @@ def demo(args: DemoArgs) -> dict:
     from .sampling import sample
     from .train import LossTask, TrainConfig, Trainer
 
+    if args.method != "none":
+        from .distill import get_method
+
+        get_method(args.method)  # an unknown name fails before the teacher trains
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = FilePath(args.out)
@@ -107,16 +117,49 @@ def demo(args: DemoArgs) -> dict:
         rows.append(_row(args.solver, nfe, x, held_out, secs))
         last = x
 
-    # 3. report
+    # 3. distil a one-step student and sample it on the same noise
+    student, distill_s = None, 0.0
+    if args.method != "none":
+        from .cli_vector import _resolve_config
+        from .distill import toy_steps, with_steps
+        from .io import save_student
+
+        config = _resolve_config(args.method, den, {}, seed=args.seed, progress=args.progress)
+        steps = args.distill_steps or toy_steps(args.method, config)
+        config = with_steps(config, steps)
+        trainer = Trainer(TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed,
+                                      out_dir=str(out / "distill"), log_every=100,
+                                      ckpt_every=steps, progress=args.progress))
+        distiller = get_method(args.method)[1](den, config)
+        t0 = time.perf_counter()
+        trainer.fit(distiller, train)
+        distill_s = time.perf_counter() - t0
+        entry = save_student(out / "student", distiller, extra={"data": args.data, "steps": steps})
+        student_nfe = entry["nfe"]  # 1, or the grid a few-step method is trained for
+        gen = distiller.generator().eval()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            student = gen.generate(noise, nfe=student_nfe)
+            secs = time.perf_counter() - t0
+        rows.append(_row(f"{args.method} student", student_nfe, student, held_out, secs))
+
+    # 4. report
     print(f"\nteacher: {args.objective} on {args.data}, {args.steps} steps in {train_s:.1f} s")
+    if student is not None:
+        print(f"student: {args.method}, {steps} steps in {distill_s:.1f} s")
     print(f"{'sampler':<16}{'NFE':>5}{'sliced W2':>12}{'MMD':>10}{'energy':>10}{'us/sample':>11}")
     for r in rows:
         print(f"{r['sampler']:<16}{r['nfe']:>5}{r['sw2']:>12.4f}{r['mmd']:>10.4f}"
               f"{r['energy']:>10.4f}{r['us_per_sample']:>11.1f}")
-    result = {"args": dataclasses.asdict(args), "train_seconds": train_s, "rows": rows}
+    result = {"args": dataclasses.asdict(args), "train_seconds": train_s,
+              "distill_seconds": distill_s, "rows": rows}
     (out / "demo.json").write_text(json.dumps(result, indent=1))
-    _scatter(out / "samples.png", held_out, last, f"{args.solver}, NFE {args.nfe[-1]}")
-    print(f"wrote {out / 'demo.json'}, {out / 'samples.png'} and the teacher in {out / 'teacher'}")
+    panels = [(held_out, "held-out data"), (last, f"teacher, {args.solver}, NFE {args.nfe[-1]}")]
+    if student is not None:
+        panels.append((student, f"{args.method} student, NFE {student_nfe}"))
+    _scatter(out / "samples.png", panels)
+    saved = "the teacher" + (" and the student" if student is not None else "")
+    print(f"wrote {out / 'demo.json'}, {out / 'samples.png'} and {saved} in {out}")
     return result
 
 
@@ -128,14 +171,16 @@ def _row(name, nfe, x, ref, secs):
             "us_per_sample": 1e6 * secs / len(x)}
 
 
-def _scatter(file, ref, x, title):
+def _scatter(file, panels):
+    """One scatter plot per (points (N, 2), title), side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-    for ax, pts, name in ((axes[0], ref, "held-out data"), (axes[1], x, title)):
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4), sharex=True, sharey=True)
+    for ax, (pts, name) in zip(axes, panels, strict=True):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
         ax.set_title(name)
         ax.set_aspect("equal")
