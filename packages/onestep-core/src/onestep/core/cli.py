@@ -28,9 +28,10 @@ class DemoArgs:
     """Built-in distribution: checkerboard, moons, rings, 8gaussians, swissroll."""
     objective: str = "flow"
     """"flow" (rectified-flow velocity, flow matching) or "edm" (EDM path, preconditioned x0)."""
-    steps: int = 2000
-    """Training steps."""
-    batch_size: int = 256
+    steps: int = 4000
+    """Teacher training steps (2000 at batch 256 leave the checkerboard's squares blurred: SW2
+    0.096 at 16 NFE against 0.065)."""
+    batch_size: int = 512
     lr: float = 2e-3
     hidden: int = 128
     solver: str = "dpm++2m"
@@ -43,6 +44,8 @@ class DemoArgs:
     skips the student."""
     distill_steps: int = 0
     """Distillation steps; 0: the method's toy-scale default."""
+    distill_batch_size: int = 256
+    """Distillation batch size (the toy-scale configs are sized for 256)."""
     n_samples: int = 4000
     out: str = "runs/demo"
     """Folder for the model, the log and the sample plot."""
@@ -127,7 +130,8 @@ def demo(args: DemoArgs) -> dict:
         config = _resolve_config(args.method, den, {}, seed=args.seed, progress=args.progress)
         steps = args.distill_steps or toy_steps(args.method, config)
         config = with_steps(config, steps)
-        trainer = Trainer(TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed,
+        trainer = Trainer(TrainConfig(steps=steps, batch_size=args.distill_batch_size,
+                                      seed=args.seed,
                                       out_dir=str(out / "distill"), log_every=100,
                                       ckpt_every=steps, progress=args.progress))
         distiller = get_method(args.method)[1](den, config)
