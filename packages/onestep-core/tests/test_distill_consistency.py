@@ -373,7 +373,7 @@ def test_registry():
         cfg_cls().validate()
         if name == "ict":  # toy scale: squared L2 and a longer curriculum (see toy_defaults)
             toy = cfg_cls.toy_defaults()
-            assert (toy.metric, toy.total_steps) == ("l2", 8000)
+            assert (toy.metric, toy.total_steps) == ("l2", 16000)
             assert replace(toy, metric="pseudo_huber", total_steps=4000) == cfg_cls()
             assert cfg_cls.toy_defaults(total_steps=100).total_steps == 100
         else:

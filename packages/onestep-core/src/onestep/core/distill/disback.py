@@ -110,10 +110,13 @@ class DisBackConfig:
 
     @classmethod
     def toy_defaults(cls, teacher=None, **overrides) -> DisBackConfig:
-        """Settings for 2-16-D toy data with an MLP teacher: 2000-4000 steps, batch 256."""
+        """Settings for 2-16-D toy data with an MLP teacher: 3000 steps, batch 256. The fake
+        score at lr 1e-3 (as the dmd family's other toy configs): on the distillation benchmark
+        the one-step SW2 went from 1.24x / 1.97x the 50-NFE teacher's (checkerboard / gmm8d,
+        fake lr 3e-4) to 1.21x / 1.79x."""
         base = dict(
             lr=3e-4,
-            fake_lr=3e-4,
+            fake_lr=1e-3,
             num_checkpoints=4,
             record_steps=60,
             node_steps=80,

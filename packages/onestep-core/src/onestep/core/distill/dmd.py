@@ -270,8 +270,11 @@ class DMDConfig:
 
     @classmethod
     def toy_defaults(cls, teacher=None, **overrides) -> DMDConfig:
-        """Settings for 2-16-D toy data with an MLP teacher: 2000-4000 steps, batch 256."""
-        base = dict(lr=3e-4, fake_lr=3e-4, num_pairs=2048, pair_nfe=50, ema_decay=0.99)
+        """Settings for 2-16-D toy data with an MLP teacher: 3000 steps, batch 256. The fake
+        score at lr 1e-3 (as DMD2's and SIM's toy configs): on the distillation benchmark the
+        one-step SW2 went from 1.68x / 1.32x the 50-NFE teacher's (checkerboard / gmm8d, fake
+        lr 3e-4) to 1.28x / 1.29x."""
+        base = dict(lr=3e-4, fake_lr=1e-3, num_pairs=2048, pair_nfe=50, ema_decay=0.99)
         base.update(overrides)
         return cls(**base)
 
