@@ -1,61 +1,37 @@
-"""The `onestep` command. One frozen dataclass per command, parsed into flags.
+"""The `onestep` command: the parser, built from one frozen dataclass per command (cli_args.py),
+`main`, and the `demo` command.
 
-    onestep demo             train a teacher on a built-in 2-D distribution, sample it, distil
-                             a one-step student, print quality and time
-    onestep search-schedule  search (and learn) a few-step sampler for a saved model
+Importing this module imports no torch, numpy, scipy or matplotlib: COMMANDS maps each command to
+its Args class and "module:function", imported only when the command runs, so `onestep --help`
+and `onestep methods` start at once (tests/test_cli_startup.py times it).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import inspect
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path as FilePath
 
-import torch
+from .cli_args import (
+    DemoArgs,
+    DistillArgs,
+    EvalArgs,
+    MethodsArgs,
+    SampleArgs,
+    SearchArgs,
+    SolversArgs,
+    TrainArgs,
+)
 
+DESCRIPTION = """Make diffusion and flow models fast: sample them in a few steps, and distil them
+into one- or few-step students.
 
-@dataclass(frozen=True)
-class DemoArgs:
-    """Train a small teacher on a built-in 2-D distribution, sample it with a chosen solver at a
-    few step counts, distil it into a one-step student, and print each one's distance to
-    held-out data and time per sample."""
-
-    data: str = "checkerboard"
-    """Built-in distribution: checkerboard, moons, rings, 8gaussians, swissroll."""
-    objective: str = "flow"
-    """"flow" (rectified-flow velocity, flow matching) or "edm" (EDM path, preconditioned x0)."""
-    steps: int = 4000
-    """Teacher training steps (2000 at batch 256 leave the checkerboard's squares blurred: SW2
-    0.096 at 16 NFE against 0.065)."""
-    batch_size: int = 512
-    lr: float = 2e-3
-    hidden: int = 128
-    solver: str = "dpm++2m"
-    """Sampler; `onestep solvers` lists them."""
-    schedule: str = "logsnr"
-    nfe: tuple[int, ...] = (2, 4, 8, 16)
-    """Network evaluations to sample with."""
-    method: str = "instaflow"
-    """Distillation method for the one-step student (`onestep methods` lists them); "none"
-    skips the student."""
-    distill_steps: int = 0
-    """Distillation steps; 0: the method's toy-scale default."""
-    distill_batch_size: int = 256
-    """Distillation batch size (the toy-scale configs are sized for 256)."""
-    n_samples: int = 4000
-    out: str = "runs/demo"
-    """Folder for the model, the log and the sample plot."""
-    seed: int = 0
-    threads: int = 1
-    """CPU threads for torch; networks this small run fastest on one."""
-    progress: bool = True
-    dry_run: bool = False
-    """Print the resolved configuration and stop."""
-
+`onestep COMMAND --help` shows a command's flags."""
 
 def _teacher(args: DemoArgs, dim: int):
     from .denoiser import Denoiser
@@ -79,6 +55,8 @@ def _loss(args: DemoArgs):
 
 
 def demo(args: DemoArgs) -> dict:
+    import torch
+
     from .data import toy_sample
     from .io import save_model
     from .sampling import sample
@@ -195,33 +173,39 @@ def _scatter(file, panels):
 
 # -- argument parsing from the dataclasses ------------------------------------------------------
 def _commands() -> dict:
-    from .cli_search import SearchArgs, search_schedule_cmd
-    from .cli_vector import (
-        DistillArgs,
-        EvalArgs,
-        MethodsArgs,
-        SampleArgs,
-        TrainArgs,
-        distill,
-        eval_cmd,
-        methods,
-        sample,
-        train,
-    )
-
-    return {"demo": (DemoArgs, demo), "search-schedule": (SearchArgs, search_schedule_cmd),
-            "train": (TrainArgs, train), "distill": (DistillArgs, distill),
-            "sample": (SampleArgs, sample), "eval": (EvalArgs, eval_cmd),
-            "methods": (MethodsArgs, methods)}
+    """{command: (Args class, "module:function")}; the function is imported when it runs."""
+    return {
+        "demo": (DemoArgs, "onestep.core.cli:demo"),
+        "train": (TrainArgs, "onestep.core.cli_vector:train"),
+        "distill": (DistillArgs, "onestep.core.cli_vector:distill"),
+        "sample": (SampleArgs, "onestep.core.cli_vector:sample"),
+        "eval": (EvalArgs, "onestep.core.cli_vector:eval_cmd"),
+        "search-schedule": (SearchArgs, "onestep.core.cli_search:search_schedule_cmd"),
+        "methods": (MethodsArgs, "onestep.core.cli_info:methods"),
+        "solvers": (SolversArgs, "onestep.core.cli_info:solvers"),
+    }
 
 
 COMMANDS = _commands()
 
 
+def command_function(name: str):
+    """The function that runs command `name` (imported now)."""
+    target = COMMANDS[name][1]
+    if callable(target):
+        return target
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def summary(cls) -> str:
+    """A command's one-line summary: the first paragraph of its Args docstring."""
+    return " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
+
+
 def _field_docs(cls) -> dict[str, str]:
     """Field docstrings (the string literal under each field) from the class source."""
     import ast
-    import inspect
 
     tree = ast.parse(inspect.getsource(cls))
     docs, body = {}, tree.body[0].body
@@ -236,7 +220,7 @@ def _parser_for(cls, parser: argparse.ArgumentParser) -> None:
     docs = _field_docs(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{docs.get(f.name, '')} (default: {f.default})".strip()
+        help_ = _flag_help(docs.get(f.name, ""), f.default)
         if f.name in getattr(cls, "REPEATABLE", ()):  # --set a=1 --set b=2: joined by spaces
             parser.add_argument(flag, action="append", default=None, help=help_)
         elif f.type in ("bool", bool):
@@ -254,6 +238,16 @@ def _parser_for(cls, parser: argparse.ArgumentParser) -> None:
 _KINDS = {"int": int, "float": float, "str": str}
 
 
+def _flag_help(doc: str, default) -> str:
+    """The field's docstring, then "(default: X)" unless the flag is required or its default
+    is empty ("" or ())."""
+    text = " ".join(doc.split())
+    if "(required)" not in text and default not in ("", (), None):
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{text} (default: {shown})".strip()
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
 def parse_dataclass(cls, argv=None, description: str | None = None):
     """An instance of the frozen dataclass `cls` from command-line flags (one per field, help
     from the field docstrings): what every onestep command and benchmark script parses with."""
@@ -264,21 +258,29 @@ def parse_dataclass(cls, argv=None, description: str | None = None):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="onestep", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    """The `onestep` parser: one subparser per command of COMMANDS, one flag per field."""
+    parser = argparse.ArgumentParser(prog="onestep", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
     for name, (cls, _) in COMMANDS.items():
-        _parser_for(cls, sub.add_parser(name, help=(cls.__doc__ or "").split("\n")[0],
-                                        description=cls.__doc__))
-    ns = vars(parser.parse_args(argv))
-    cls, fn = COMMANDS[ns.pop("command")]
+        _parser_for(cls, sub.add_parser(name, help=summary(cls),
+                                        description=inspect.cleandoc(cls.__doc__ or "")))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = vars(build_parser().parse_args(argv))
+    command = ns.pop("command")
+    cls = COMMANDS[command][0]
     for name in getattr(cls, "REPEATABLE", ()):
         ns[name] = " ".join(ns[name]) if ns[name] is not None else getattr(cls, name)
     args = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
     if getattr(args, "dry_run", False) and not getattr(cls, "OWN_DRY_RUN", False):
         print(json.dumps(dataclasses.asdict(args), indent=1))
         return 0
+    fn = command_function(command)
     try:
         fn(args)
     except (ValueError, FileNotFoundError) as e:

@@ -10,53 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path as FilePath
 
 import torch
 
+from .cli_args import SearchArgs
+
 __all__ = ["SearchArgs", "search_schedule_cmd"]
-
-
-@dataclass(frozen=True)
-class SearchArgs:
-    """Search a sampler (times, per-step order, prediction and corrector) that spends exactly
-    --nfe network evaluations on a saved model, by its endpoint error to the adaptive RK45
-    reference on calibration noise; optionally learn its coefficients (LSD). Writes a schedule
-    JSON that `sample(..., schedule=FILE)` runs."""
-
-    model: str = ""
-    """Folder written by onestep.core.io.save_model (model.json and model.safetensors)."""
-    nfe: int = 5
-    """Network evaluations the sampler spends."""
-    method: str = "evolutionary"
-    """evolutionary (USF search space), gradient (times by backprop), autodiffusion (times for
-    --solver), or none (no search: with --learn, LSD from DPM-Solver++(2M))."""
-    solver: str = "dpm++2m"
-    """The fixed solver of --method autodiffusion."""
-    n_calib: int = 512
-    """Calibration noise samples the search and LSD fit."""
-    n_eval: int = 1000
-    """Held-out noise samples to report the error on (0: skip the report)."""
-    iterations: int = 0
-    """Generations (evolutionary, autodiffusion) or L-BFGS evaluations (gradient); 0: the
-    default."""
-    learn: bool = False
-    """Then learn the solver's per-step coefficients (learnable sampler distillation, LSD)."""
-    learn_times: bool = False
-    """With --learn, learn the times as well (LSD+)."""
-    lsd_iterations: int = 200
-    """L-BFGS evaluations of LSD."""
-    shape: tuple[int, ...] = ()
-    """Shape of one sample; () infers it from an MLP's dim or a DiT's input_shape."""
-    out: str = "schedule.json"
-    """Where to write the schedule JSON."""
-    seed: int = 0
-    """Seed of the calibration and held-out noise and of the search."""
-    progress: bool = True
-    """Show progress bars."""
-    dry_run: bool = False
-    """Print the resolved configuration and stop."""
 
 
 def _sample_shape(info: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -87,6 +47,10 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
         raise ValueError("--method none searches nothing: add --learn (LSD from dpm++2m)")
     if args.learn_times and not args.learn:
         raise ValueError("--learn-times is LSD+: add --learn")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.n_calib < 1 or args.n_eval < 0:
         raise ValueError(
             f"--n-calib must be >= 1 and --n-eval >= 0, got {args.n_calib}, {args.n_eval}"

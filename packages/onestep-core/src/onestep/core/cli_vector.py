@@ -1,5 +1,6 @@
-"""`onestep train / distill / sample / eval / methods`: teachers and one-step students for vector
-(tabular) data, from the command line.
+"""`onestep train / distill / sample / eval`: teachers and one-step students for vector (tabular)
+data, from the command line. Their arguments are in cli_args.py; `methods` (cli_info.py, which
+lists what `--method` accepts) is re-exported here.
 
     onestep train   --data X.npy --out runs/teacher [--objective flow|edm]
     onestep distill --teacher runs/teacher --method instaflow --out runs/student
@@ -20,11 +21,13 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path as FilePath
 
 import numpy as np
 import torch
+
+from .cli_args import DistillArgs, EvalArgs, MethodsArgs, SampleArgs, TrainArgs
+from .cli_info import methods
 
 __all__ = [
     "TrainArgs", "DistillArgs", "SampleArgs", "EvalArgs", "MethodsArgs",
@@ -34,144 +37,6 @@ __all__ = [
 OBJECTIVES = ("flow", "edm")
 TEACHER_NFE = 32
 """NFE of `onestep sample` on a teacher when --nfe is 0."""
-
-
-# -- argument dataclasses -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainArgs:
-    """Train a teacher (a flow-matching or EDM denoiser, residual MLP) on vectors from a .npy or
-    .csv file of shape (N, D), and save it to --out for `onestep distill` and `onestep sample`."""
-
-    data: str = ""
-    """.npy or .csv file of shape (N, D): N samples of D numbers (required)."""
-    out: str = ""
-    """Run folder: the model (model.json, model.safetensors), log.jsonl, checkpoints/ (required)."""
-    objective: str = "flow"
-    """"flow" (rectified-flow velocity, flow matching) or "edm" (EDM path, preconditioned x0,
-    EDM loss)."""
-    steps: int = 4000
-    """Training steps (a --resume'd run continues up to this step)."""
-    batch_size: int = 256
-    lr: float = 2e-3
-    """AdamW learning rate, constant after the warm-up (so a run resumed to more steps equals
-    one run for that many steps)."""
-    warmup: int = 100
-    """Linear learning-rate warm-up steps."""
-    hidden: int = 128
-    """Width of the residual MLP (3 blocks)."""
-    ema_decay: float = 0.995
-    """EMA decay of the saved weights (0: save the raw weights)."""
-    normalize: bool = True
-    """Standardise each column (mean 0, std 1) for training; `sample` undoes it."""
-    ckpt_every: int = 500
-    """Steps between checkpoints (one is always written at the end)."""
-    resume: bool = False
-    """Continue from the newest checkpoint in --out."""
-    seed: int = 0
-    threads: int = 1
-    """CPU threads for torch; networks this small run fastest on one."""
-    progress: bool = True
-    """Show progress bars."""
-    dry_run: bool = False
-    """Print the resolved configuration and stop."""
-
-
-@dataclass(frozen=True)
-class DistillArgs:
-    """Distill a teacher saved by `onestep train` into a one- or few-step student with a
-    method of `onestep methods`, and save the student to --out for `onestep sample`."""
-
-    REPEATABLE = ("set",)  # not fields: --set may be given several times
-    OWN_DRY_RUN = True  # --dry-run prints the resolved method config too
-
-    teacher: str = ""
-    """Folder of a teacher written by `onestep train` (required)."""
-    method: str = "instaflow"
-    """Distillation method; `onestep methods` lists them."""
-    out: str = ""
-    """Run folder: the student (model.json and weights), log.jsonl, checkpoints/ (required)."""
-    nfe: int = 0
-    """Steps the student is trained to sample in, for methods with such a setting
-    (progressive, segment_cd, tdm, dmd2, phased_dmd); 0: the method's default."""
-    steps: int = 0
-    """Training steps; 0: the method's toy-scale default (`onestep methods` shows it)."""
-    batch_size: int = 256
-    set: str = ""
-    """Overrides of the method's config, "key=value" pairs separated by spaces or ';', e.g.
-    --set "lr=1e-3 betas=0.9,0.99"; `onestep methods --method NAME` lists the fields."""
-    data: str = ""
-    """The teacher's training data (.npy/.csv); required by methods that train on data
-    (`onestep methods` marks them), else optional (data-free methods draw only noise)."""
-    ckpt_every: int = 500
-    """Steps between checkpoints (one is always written at the end)."""
-    resume: bool = False
-    """Continue from the newest checkpoint in --out."""
-    seed: int = 0
-    """Seeds the student's initialisation, the training noise and the method's own seeds."""
-    threads: int = 1
-    progress: bool = True
-    dry_run: bool = False
-    """Print the resolved configuration and stop."""
-
-
-@dataclass(frozen=True)
-class SampleArgs:
-    """Draw samples from a saved teacher (ODE solver) or student (its own generator) and write
-    them, in data units, to a .npy or .csv file."""
-
-    model: str = ""
-    """Folder of a teacher (`onestep train`) or student (`onestep distill`) (required)."""
-    n: int = 1000
-    """Number of samples."""
-    nfe: int = 0
-    """Network evaluations per sample; 0: the student's own (1 for one-step students) or 32 for
-    a teacher."""
-    solver: str = ""
-    """Teachers only: the ODE solver (default dpm++2m; `onestep.core.solvers.available()`)."""
-    schedule: str = "logsnr"
-    """Teachers only: the time schedule of the solver."""
-    out: str = "samples.npy"
-    """Output file, .npy or .csv."""
-    batch: int = 10000
-    """Samples per network call."""
-    seed: int = 0
-    """Seed of the noise."""
-    threads: int = 1
-    progress: bool = True
-    dry_run: bool = False
-    """Print the resolved configuration and stop."""
-
-
-@dataclass(frozen=True)
-class EvalArgs:
-    """Compare samples to data: sliced Wasserstein-2, MMD^2 (RBF mixture, median bandwidth) and
-    energy distance (lower is better; 0 for identical distributions)."""
-
-    samples: str = ""
-    """Samples (.npy/.csv, e.g. from `onestep sample`) (required)."""
-    data: str = ""
-    """Reference data (.npy/.csv) of the same dimension (required)."""
-    max_points: int = 2000
-    """Random points of each set for MMD and energy distance (quadratic cost); sliced W2 uses up
-    to 10x as many."""
-    projections: int = 256
-    """Random directions of sliced W2."""
-    seed: int = 0
-    """Seed of the subsets and the directions."""
-    json: str = ""
-    """Also write the metrics to this JSON file."""
-    threads: int = 1
-
-
-@dataclass(frozen=True)
-class MethodsArgs:
-    """List the distillation methods (default steps, whether they need --data, what they are),
-    or show one method's resolved toy-scale config with --method."""
-
-    method: str = ""
-    """Show this method's config (the fields `onestep distill --set` accepts)."""
-    set: str = ""
-    """With --method: overrides to resolve, as in `onestep distill --set`."""
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -668,27 +533,3 @@ def eval_cmd(args: EvalArgs) -> dict:
         _write_json(FilePath(args.json), result)
         print(f"wrote {args.json}")
     return result
-
-
-@_user_errors("methods")
-def methods(args: MethodsArgs) -> dict:
-    from .distill import METHODS, get_method, toy_config, toy_steps
-
-    if args.method:
-        config_class = get_method(args.method)[0]
-        config = _resolve_config(args.method, None, parse_overrides(args.set, config_class))
-        result = {"method": args.method, "steps": toy_steps(args.method, config),
-                  "needs_data": needs_data(args.method, config),
-                  "config": json.loads(json.dumps(dataclasses.asdict(config)))}
-        print(json.dumps(result, indent=1))
-        return result
-    if args.set:
-        raise ValueError("--set needs --method")
-    rows = {}
-    for name, (_, _, description) in METHODS.items():
-        config = toy_config(name)
-        rows[name] = {"steps": toy_steps(name, config), "needs_data": needs_data(name, config),
-                      "description": description}
-        print(f"{name:<12}{rows[name]['steps']:>6} steps  "
-              f"{'needs --data' if rows[name]['needs_data'] else 'data-free':<13}{description}")
-    return rows

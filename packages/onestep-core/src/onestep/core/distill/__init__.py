@@ -1,11 +1,14 @@
 """Distillation: one module per method family. Every method is a `train.Task` (a Distiller)
 whose student is a `Generator` with `generate(noise, cond=None, nfe=1)`.
 
-`METHODS[name] = (ConfigClass, DistillerClass, one-line description)`.
+`METHODS[name] = (ConfigClass, DistillerClass, one-line description)`, in the order and with the
+descriptions of `onestep.core.method_registry.REGISTRY` (the torch-free table `onestep methods`
+prints), the classes from each module's own METHODS.
 """
 
 import dataclasses
 
+from ..method_registry import REGISTRY
 from . import (
     consistency,
     disback,
@@ -22,10 +25,13 @@ from . import (
 )
 from .base import DenoiserGenerator, Distiller, Generator
 
-METHODS: dict[str, tuple] = {}
-for _module in (progressive, consistency, rectified, meanflow, tdm, dmd, phased_dmd, disback,
-                vsd, fdistill, sim, msd):
-    METHODS.update(_module.METHODS)
+_MODULES = {m.__name__.rsplit(".", 1)[1]: m for m in (
+    progressive, consistency, rectified, meanflow, tdm, dmd, phased_dmd, disback, vsd, fdistill,
+    sim, msd)}
+METHODS: dict[str, tuple] = {
+    name: (*_MODULES[info.module].METHODS[name][:2], info.description)
+    for name, info in REGISTRY.items()
+}
 
 
 def get_method(name: str) -> tuple:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..convert import as_batch_time
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from ..nn import build_network, network_name
 from ..paths import Path
 from ..schedules import karras
@@ -749,22 +750,8 @@ class SegmentCDDistiller(_ConsistencyDistiller):
         )
 
 
-METHODS = {
-    "cd": (
-        CDConfig,
-        CDDistiller,
-        "consistency distillation with an EMA target and Heun teacher steps (Song et al. 2023)",
-    ),
-    "ict": (
-        ICTConfig,
-        ICTDistiller,
-        "improved consistency training from data: pseudo-Huber, lognormal noise, doubling "
-        "discretisation, no EMA target (Song & Dhariwal 2023)",
-    ),
-    "segment_cd": (
-        SegmentCDConfig,
-        SegmentCDDistiller,
-        "segment-wise multistep consistency distillation, one step per segment "
-        "(Heek et al. 2024; Efficient-vDiT)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "cd": (CDConfig, CDDistiller, describe("cd")),
+    "ict": (ICTConfig, ICTDistiller, describe("ict")),
+    "segment_cd": (SegmentCDConfig, SegmentCDDistiller, describe("segment_cd")),
 }

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from .base import (
     DenoiserGenerator,
     Distiller,
@@ -247,11 +248,6 @@ class DisBackDistiller(Distiller):
         return DenoiserGenerator(student, t_start=self.config.t_start)
 
 
-METHODS = {
-    "disback": (
-        DisBackConfig,
-        DisBackDistiller,
-        "DisBack: record the teacher's degradation to the initial generator, then "
-        "distill backwards along it (Zhang et al., ICLR 2025)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "disback": (DisBackConfig, DisBackDistiller, describe("disback")),
 }

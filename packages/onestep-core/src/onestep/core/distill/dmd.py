@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..convert import broadcast
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from ..sampling import resolve_solver, sample
 from .base import (
     DenoiserGenerator,
@@ -651,15 +652,7 @@ def _check_times(times, name: str) -> None:
         raise ValueError(f"{name} must be strictly decreasing times in (0, 1], got {tuple(ts)}")
 
 
-METHODS = {
-    "dmd": (
-        DMDConfig,
-        DMDDistiller,
-        "DMD: distribution matching + ODE-pair regression, one-step (Yin et al. 2024, CVPR)",
-    ),
-    "dmd2": (
-        DMD2Config,
-        DMD2Distiller,
-        "DMD2: distribution matching, TTUR, GAN, backward simulation (Yin et al. 2024, NeurIPS)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "dmd": (DMDConfig, DMDDistiller, describe("dmd")),
+    "dmd2": (DMD2Config, DMD2Distiller, describe("dmd2")),
 }

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..convert import as_batch_time
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from .base import denoising_loss, frozen_copy, split_batch
 from .vsd import (
     WEIGHTINGS,
@@ -315,11 +316,6 @@ class FDistillDistiller(_ScoreDistiller):
         return loss.item()
 
 
-METHODS = {
-    "fdistill": (
-        FDistillConfig,
-        FDistillDistiller,
-        "f-divergence distribution matching with density-ratio-weighted score "
-        "differences and a GAN discriminator (f-distill, Xu, Nie & Vahdat 2025)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "fdistill": (FDistillConfig, FDistillDistiller, describe("fdistill")),
 }

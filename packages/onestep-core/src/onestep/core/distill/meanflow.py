@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..convert import as_batch_time, broadcast, convert
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from ..nn import TimeEmbed
 from ..paths import RectifiedFlow
 from .base import Distiller, Generator, check_decay_steps, split_batch, validate_config
@@ -474,11 +475,6 @@ class MeanFlowDistiller(Distiller):
         return MeanFlowGenerator(MeanFlowModel(net, self.teacher))
 
 
-METHODS = {
-    "meanflow": (
-        MeanFlowConfig,
-        MeanFlowDistiller,
-        "average-velocity one-step flow via the MeanFlow identity and a JVP target, "
-        "distilled from the teacher's velocity (MeanFlow, Geng et al. 2025)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "meanflow": (MeanFlowConfig, MeanFlowDistiller, describe("meanflow")),
 }

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from ..sampling import sample
 from ..train import optimizer_step
 from .base import (
@@ -449,11 +450,6 @@ class MSDDistiller(Distiller):
         return self.ema.module if self.ema is not None else self.students
 
 
-METHODS = {
-    "msd": (
-        MSDConfig,
-        MSDDistiller,
-        "multi-student distillation: K one-step students, each distilled by distribution "
-        "matching on its part of the class or noise space (MSD, Song et al. 2024)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "msd": (MSDConfig, MSDDistiller, describe("msd")),
 }

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..convert import broadcast, from_x0_eps
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from .base import Distiller, Generator, split_batch, student_from_teacher
 from .dmd import _check_betas, _check_times, _positive, sample_dm_times
 
@@ -377,10 +378,6 @@ class PhasedDMDDistiller(Distiller):
         )
 
 
-METHODS = {
-    "phased_dmd": (
-        PhasedDMDConfig,
-        PhasedDMDDistiller,
-        "Phased DMD: one expert per SNR phase, subinterval score matching (Fan et al. 2025)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "phased_dmd": (PhasedDMDConfig, PhasedDMDDistiller, describe("phased_dmd")),
 }

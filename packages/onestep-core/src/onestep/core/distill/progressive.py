@@ -30,6 +30,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ..convert import KINDS, as_batch_time, broadcast
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from ..paths import Path
 from ..schedules import clip_t_max
 from .base import (
@@ -343,10 +344,6 @@ class ProgressiveDistiller(Distiller):
         self.round = int(state.get("round", -1))
 
 
-METHODS = {
-    "progressive": (
-        ProgressiveConfig,
-        ProgressiveDistiller,
-        "progressive distillation: halve DDIM steps per round (Salimans & Ho 2022)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "progressive": (ProgressiveConfig, ProgressiveDistiller, describe("progressive")),
 }

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from ..convert import KINDS, broadcast, from_x0_eps
 from ..denoiser import Denoiser
 from ..losses import sample_times
+from ..method_registry import describe
 from ..nn import build_network, network_name
 from ..sampling import resolve_solver, sample
 from .base import (
@@ -812,21 +813,8 @@ class SlimFlowDistiller(_CouplingDistiller):
         return logs
 
 
-METHODS = {
-    "reflow": (
-        ReflowConfig,
-        ReflowDistiller,
-        "k-rectified flow sampled with one Euler step (Liu et al. 2022, Flow Straight and Fast)",
-    ),
-    "instaflow": (
-        InstaFlowConfig,
-        InstaFlowDistiller,
-        "reflow then one-step distillation on the reflowed couplings (InstaFlow, Liu et al. 2023)",
-    ),
-    "slimflow": (
-        SlimFlowConfig,
-        SlimFlowDistiller,
-        "annealing reflow + flow-guided distillation into a smaller one-step student "
-        "(SlimFlow, Zhu et al. 2024)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "reflow": (ReflowConfig, ReflowDistiller, describe("reflow")),
+    "instaflow": (InstaFlowConfig, InstaFlowDistiller, describe("instaflow")),
+    "slimflow": (SlimFlowConfig, SlimFlowDistiller, describe("slimflow")),
 }

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..convert import from_x0_eps
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from .base import check_decay_steps, split_batch
 from .fdistill import _no_param_grads
 from .vsd import _check_common, _ScoreDistiller, _toy, ill_conditioned_start, sample_t
@@ -231,10 +232,6 @@ class SIMDistiller(_ScoreDistiller):
         return logs
 
 
-METHODS = {
-    "sim": (
-        SIMConfig,
-        SIMDistiller,
-        "Score Implicit Matching with the pseudo-Huber score distance (SIM, Luo et al. 2024)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "sim": (SIMConfig, SIMDistiller, describe("sim")),
 }

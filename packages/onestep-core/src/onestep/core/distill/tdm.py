@@ -48,6 +48,7 @@ from torch import Tensor
 
 from ..convert import broadcast
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from .base import (
     DenoiserGenerator,
     Distiller,
@@ -381,11 +382,6 @@ class TDMDistiller(Distiller):
         return DenoiserGenerator(den, times=student_grid(self.config.num_steps), stochastic=False)
 
 
-METHODS = {
-    "tdm": (
-        TDMConfig,
-        TDMDistiller,
-        "K-step student whose every intermediate state is distribution-matched to the "
-        "teacher's marginal with a step-aware fake score (TDM, Luo et al. 2025)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "tdm": (TDMConfig, TDMDistiller, describe("tdm")),
 }

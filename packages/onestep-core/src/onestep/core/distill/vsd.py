@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..convert import broadcast, from_x0_eps
 from ..denoiser import Denoiser
+from ..method_registry import describe
 from ..nn.lora import apply_lora, lora_parameters
 from .base import (
     DenoiserGenerator,
@@ -412,11 +413,6 @@ class VSDDistiller(_ScoreDistiller):
         return logs
 
 
-METHODS = {
-    "vsd": (
-        VSDConfig,
-        VSDDistiller,
-        "variational score distillation into a one-step student with a LoRA fake score "
-        "(SwiftBrush, Nguyen & Tran 2024; VSD of ProlificDreamer, Wang et al. 2023)",
-    ),
+METHODS = {  # descriptions: onestep.core.method_registry
+    "vsd": (VSDConfig, VSDDistiller, describe("vsd")),
 }
