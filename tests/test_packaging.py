@@ -19,6 +19,11 @@ def test_core_wheel_installs_and_imports_alone(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "onestep/core/__init__.py" in names
     assert "onestep/__init__.py" not in names, "onestep must stay a namespace package"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "no license file"
+    metadata = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "onestep distill" in metadata, "the package README (the long description) is empty"
 
     # A fresh venv that reuses this environment's torch (installing it anew is gigabytes):
     # --system-site-packages exposes the dependencies, while onestep itself comes only from the
@@ -41,3 +46,34 @@ def test_core_wheel_installs_and_imports_alone(tmp_path):
     file, alpha = out.stdout.split()
     assert str(venv) in file, f"imported from {file}, not from the wheel"
     assert float(alpha) == 0.75
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH")
+def test_image_wheel_installs_beside_the_core_wheel_alone(tmp_path):
+    """onestep-image from its wheel and the core's, in a fresh venv (torch, numpy, pillow and
+    scikit-learn exposed from this environment): it imports and loads the embedded digits."""
+    dist = tmp_path / "dist"
+    for package in ("onestep-core", "onestep-image"):
+        subprocess.run(["uv", "build", "--package", package, "--wheel", "--out-dir", str(dist)],
+                       cwd=ROOT, check=True, capture_output=True)
+    (wheel,) = dist.glob("onestep_image-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "onestep/image/data.py" in names and "onestep/__init__.py" not in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "no license file"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    pth = next((venv / "lib").glob("python3*/site-packages")) / "_deps.pth"
+    pth.write_text(site + "\n")
+    subprocess.run(["uv", "pip", "install", "--python", str(py), "--no-deps",
+                    *map(str, dist.glob("*.whl"))], check=True, capture_output=True)
+    out = subprocess.run(
+        [str(py), "-c", "import onestep.image as i, onestep.core as c; d = i.load_digits(); "
+         "print(i.__file__, c.__file__, len(d), d.num_classes)"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    image_file, core_file, n, classes = out.stdout.split()
+    assert str(venv) in image_file and str(venv) in core_file, "imported from the workspace"
+    assert (int(n), int(classes)) == (1797, 10)

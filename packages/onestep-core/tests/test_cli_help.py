@@ -130,17 +130,16 @@ def test_help_points_only_at_commands_that_exist():
 
 
 def test_overwrite_flag():
-    doc = ("Delete what is in --out and start again (without it, a fresh run into a folder that "
-           "holds a run is refused; --resume continues it).")
+    """Every command that writes a run folder takes --overwrite, right after --out, and says that
+    without it such a folder is refused."""
     for cls, after in ((cli_args.TrainArgs, "out"), (cli_args.DistillArgs, "out"),
                        (cli_args.DemoArgs, "out")):
         names = [f.name for f in dataclasses.fields(cls)]
         assert names[names.index(after) + 1] == "overwrite", cls
         field = cls.__dataclass_fields__["overwrite"]
         assert field.default is False
-        assert " ".join(cli._field_docs(cls)["overwrite"].split()) == doc
-    names = [f.name for f in dataclasses.fields(cli_args.DemoArgs)]
-    assert names[names.index("overwrite") + 1] == "seed"
+        doc = " ".join(cli._field_docs(cls)["overwrite"].split())
+        assert doc.startswith("Delete") and "--out" in doc and "is refused" in doc, doc
 
 
 def test_old_import_paths_still_work():

@@ -58,14 +58,24 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sliced W2" in out and "dpm++2m" in out and "instaflow student" in out
     result = json.loads((tmp_path / "demo.json").read_text())
-    assert [r["nfe"] for r in result["rows"]] == [0, 2, 8, 1]
+    assert [r["nfe"] for r in result["rows"]] == [0, 0, 2, 8, 1]
+    assert result["rows"][0]["sampler"] == "real data (floor)" and "real data (floor)" in out
     assert result["rows"][-1]["sampler"] == "instaflow student"
     assert all(r["sw2"] > 0 for r in result["rows"])
+    # the floor (a second real sample) is below the prior and the 2-NFE teacher
+    assert result["rows"][0]["sw2"] < min(r["sw2"] for r in result["rows"][1:3])
     assert (tmp_path / "samples.png").stat().st_size > 1000
     den, _ = load_model(tmp_path / "teacher", kind="teacher")
     assert isinstance(den.model, MLP)
     gen, info = load_student(tmp_path / "student")
     assert info["student"]["method"] == "instaflow" and info["student"]["nfe"] == 1
+    # a second demo into the same folder is refused (the first is kept), --overwrite replaces it
+    assert main(["demo", "--steps", "5", "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "demo.json").exists()
+    assert main(["demo", "--steps", "5", "--nfe", "1", "--method", "none", "--n-samples", "100",
+                 "--no-progress", "--overwrite", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "demo.json").read_text())["args"]["steps"] == 5
+    assert not (tmp_path / "student").exists()
 
 
 def test_demo_rejects_bad_options(capsys):

@@ -15,7 +15,6 @@ import inspect
 import json
 import sys
 import time
-from pathlib import Path as FilePath
 
 from .cli_args import (
     DemoArgs,
@@ -59,6 +58,7 @@ def demo(args: DemoArgs) -> dict:
 
     from .data import toy_sample
     from .io import save_model
+    from .runs import check_run_folder, clear_run_folder
     from .sampling import sample
     from .train import LossTask, TrainConfig, Trainer
 
@@ -66,17 +66,27 @@ def demo(args: DemoArgs) -> dict:
         from .distill import get_method
 
         get_method(args.method)  # an unknown name fails before the teacher trains
+    for flag in ("steps", "batch_size", "hidden", "n_samples", "distill_batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, flag)}")
+    if args.objective not in ("flow", "edm"):
+        raise ValueError(f"unknown objective {args.objective!r}; use 'flow' or 'edm'")
+    if args.distill_steps < 0 or not args.nfe or min(args.nfe) < 1 or not args.lr > 0:
+        raise ValueError("need --distill-steps >= 0, --nfe values >= 1 and --lr > 0")
+    out = check_run_folder(args.out, overwrite=args.overwrite)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = FilePath(args.out)
     g = torch.Generator().manual_seed(args.seed)
     train = toy_sample(args.data, 50_000, generator=g)
     held_out = toy_sample(args.data, args.n_samples, generator=g)
+    second = toy_sample(args.data, args.n_samples, generator=g)  # for the noise floor
+    clear_run_folder(out, overwrite=args.overwrite)
 
-    # 1. train the teacher
+    # 1. train the teacher (warm-up: 100 steps, or the whole of a shorter run)
     den = _teacher(args, train.shape[1])
-    task = LossTask(den, _loss(args), lr=args.lr, warmup=100, total_steps=args.steps,
-                    ema_decay=0.999)
+    task = LossTask(den, _loss(args), lr=args.lr, warmup=min(100, args.steps),
+                    total_steps=args.steps, ema_decay=0.999)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                       out_dir=str(out), log_every=100, ckpt_every=args.steps,
                       progress=args.progress)
@@ -89,7 +99,8 @@ def demo(args: DemoArgs) -> dict:
 
     # 2. sample with the chosen solver at each NFE, on the same noise
     noise = torch.randn(args.n_samples, train.shape[1], generator=g)
-    rows = [_row("prior (noise)", 0, noise, held_out, 0.0)]
+    rows = [_row("real data (floor)", 0, second, held_out, 0.0),
+            _row("prior (noise)", 0, noise, held_out, 0.0)]
     for nfe in args.nfe:
         with torch.no_grad():
             t0 = time.perf_counter()
@@ -129,16 +140,27 @@ def demo(args: DemoArgs) -> dict:
     print(f"\nteacher: {args.objective} on {args.data}, {args.steps} steps in {train_s:.1f} s")
     if student is not None:
         print(f"student: {args.method}, {steps} steps in {distill_s:.1f} s")
-    print(f"{'sampler':<16}{'NFE':>5}{'sliced W2':>12}{'MMD':>10}{'energy':>10}{'us/sample':>11}")
+    print(f"distances to {args.n_samples} held-out points; the floor row is a second real "
+          "sample of the same size, the best any model can score")
+    print(f"{'sampler':<19}{'NFE':>4}{'sliced W2':>12}{'MMD':>10}{'energy':>10}{'us/sample':>11}")
     for r in rows:
-        print(f"{r['sampler']:<16}{r['nfe']:>5}{r['sw2']:>12.4f}{r['mmd']:>10.4f}"
+        print(f"{r['sampler']:<19}{r['nfe']:>4}{r['sw2']:>12.4f}{r['mmd']:>10.4f}"
               f"{r['energy']:>10.4f}{r['us_per_sample']:>11.1f}")
+    floor = rows[0]["sw2"]
+    ratios = [f"teacher at {args.nfe[-1]} NFE {rows[len(args.nfe) + 1]['sw2'] / floor:.2f}x"]
+    if student is not None:
+        ratios.append(f"{args.method} student at {student_nfe} NFE "
+                      f"{rows[-1]['sw2'] / floor:.2f}x")
+    print(f"sliced W2 against the floor: {', '.join(ratios)} (1.00x: as close as real data)")
     result = {"args": dataclasses.asdict(args), "train_seconds": train_s,
               "distill_seconds": distill_s, "rows": rows}
     (out / "demo.json").write_text(json.dumps(result, indent=1))
-    panels = [(held_out, "held-out data"), (last, f"teacher, {args.solver}, NFE {args.nfe[-1]}")]
+    teacher_sw2 = rows[len(args.nfe) + 1]["sw2"]
+    panels = [(held_out, f"held-out data (floor SW2 {floor:.3f})"),
+              (last, f"teacher, {args.solver}, NFE {args.nfe[-1]}: SW2 {teacher_sw2:.3f}")]
     if student is not None:
-        panels.append((student, f"{args.method} student, NFE {student_nfe}"))
+        panels.append((student, f"{args.method} student, NFE {student_nfe}: SW2 "
+                                f"{rows[-1]['sw2']:.3f}"))
     _scatter(out / "samples.png", panels)
     saved = "the teacher" + (" and the student" if student is not None else "")
     print(f"wrote {out / 'demo.json'}, {out / 'samples.png'} and {saved} in {out}")
@@ -161,12 +183,12 @@ def _scatter(file, panels):
     import matplotlib.pyplot as plt
 
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 4.6), sharex=True, sharey=True)
     for ax, (pts, name) in zip(axes, panels, strict=True):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
-        ax.set_title(name)
+        ax.set_title(name, fontsize=10)
         ax.set_aspect("equal")
-    fig.tight_layout()
+    fig.tight_layout(pad=1.5)
     fig.savefig(file, dpi=100)
     plt.close(fig)
 
@@ -280,13 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "dry_run", False) and not getattr(cls, "OWN_DRY_RUN", False):
         print(json.dumps(dataclasses.asdict(args), indent=1))
         return 0
-    fn = command_function(command)
-    try:
-        fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"onestep {fn.__name__}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from .runs import run_command
+
+    return run_command(f"onestep {command}", command_function(command), args)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ class DemoArgs:
     out: str = "runs/demo"
     """Folder for the model, the log and the sample plot."""
     overwrite: bool = False
-    """Delete what is in --out and start again (without it, a fresh run into a folder that holds
-    a run is refused; --resume continues it)."""
+    """Delete the previous demo in --out and start again (without it, a demo into a folder that
+    holds a run is refused)."""
     seed: int = 0
     threads: int = 1
     """CPU threads for torch; networks this small run fastest on one."""

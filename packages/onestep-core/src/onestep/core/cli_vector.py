@@ -41,19 +41,14 @@ TEACHER_NFE = 32
 
 # -- shared helpers -----------------------------------------------------------------------------
 def _user_errors(name: str):
-    """Run the command with user-facing failures as ValueError (which `cli.main` prints as
-    "onestep NAME: error: ..." with a non-zero exit and no traceback)."""
+    """Name the command `name` and set its torch threads (`runs.run_command` prints its
+    ValueErrors and OSErrors as "onestep NAME: error: ..." with exit code 2)."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(args):
             torch.set_num_threads(max(1, getattr(args, "threads", 1)))
-            try:
-                return fn(args)
-            except FloatingPointError as e:
-                raise ValueError(f"training diverged ({e}); try a lower learning rate") from e
-            except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
-                raise ValueError(str(e)) from e
+            return fn(args)
 
         run.__name__ = name
         return run
@@ -121,54 +116,111 @@ def _describe(info: dict) -> str:
     return f"a {info.get('kind')!r} model"
 
 
-def _guard_out(out: FilePath, kind: str, *, protect: FilePath | None = None):
-    """Refuse to write a run into a folder holding another kind of model (or the teacher)."""
+def _guard_out(out: FilePath, kind: str, *, resume: bool, overwrite: bool,
+               protect: FilePath | None = None) -> None:
+    """Check --out before any work: never the teacher's own folder, not a folder holding another
+    kind of model (unless --overwrite), and the run-folder rule of `runs.check_run_folder`."""
     from .io import read_model_info
+    from .runs import check_run_folder
 
     if protect is not None and out.resolve() == protect.resolve():
         raise ValueError(f"--out {out} is the teacher's folder; choose another for the student")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; expected a folder")
-    if (out / "model.json").exists():
+    if (out / "model.json").exists() and not overwrite:
         try:
             info = read_model_info(out)
         except ValueError:
-            return
-        if info["kind"] != kind:
+            info = None
+        if info is not None and info["kind"] != kind:
             raise ValueError(f"--out {out} already holds {_describe(info)}; choose another folder "
                              f"for the {kind}")
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+
+
+def _checkpoint_kind(out: FilePath) -> tuple[FilePath, str | None] | None:
+    """(step folder, kind) of the newest checkpoint whose meta.json reads, or None."""
+    from .runs import checkpoint_steps
+    from .train.checkpoint import step_dir_name
+
+    for step in reversed(checkpoint_steps(out)):
+        folder = out / "checkpoints" / step_dir_name(step)
+        try:
+            return folder, json.loads((folder / "meta.json").read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue  # the Trainer skips it too, and says so
+    return None
+
+
+_NOT_SHAPING = {"steps", "resume", "overwrite", "progress", "threads", "dry_run", "ckpt_every"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def _check_resume(out: FilePath, run: dict, resume: bool, kind: str) -> None:
-    """On --resume: a checkpoint of another kind is an error (before anything is written); warn
-    when settings that shape the run differ from the saved run.json."""
+    """On --resume: a checkpoint of another kind, or settings that differ from the run.json the
+    run started with, are errors (before anything is written). A resumed run equals an
+    uninterrupted one only with the settings it started with: its warm-up and learning-rate decay
+    were fixed when it started."""
     from .io import CheckpointError
-    from .train import latest_checkpoint
 
     if not resume:
         return
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        try:
-            found = json.loads((ckpt / "meta.json").read_text()).get("kind")
-        except ValueError as e:
-            raise CheckpointError(f"{ckpt / 'meta.json'} is corrupt: {e}") from e
-        if found is not None and found != kind:
-            raise CheckpointError(f"--resume: {ckpt / 'meta.json'}: checkpoint kind {found!r} "
-                                  f"does not match the expected kind {kind!r}")
+    found = _checkpoint_kind(out)
+    if found is not None and found[1] is not None and found[1] != kind:
+        raise CheckpointError(f"--resume: {found[0] / 'meta.json'}: checkpoint kind {found[1]!r} "
+                              f"does not match the expected kind {kind!r}")
     file = out / "run.json"
     if not file.exists():
         return
     try:
-        old = json.loads(file.read_text())
-    except ValueError:
+        old = _flat(json.loads(file.read_text()))
+    except (ValueError, AttributeError):
         return
-    skip = {"steps", "resume", "progress", "threads", "dry_run", "ckpt_every"}
-    changed = {k: (old.get(k), v) for k, v in run.items() if k not in skip and old.get(k) != v}
+    new = _flat(run)
+    changed = {k: (old.get(k), v) for k, v in new.items()
+               if not set(k.split(".")) & _NOT_SHAPING and old.get(k) != v}
     if changed:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        print(f"warning: resuming {out} with settings that differ from its run.json ({shown}); "
-              "the result will not equal an uninterrupted run", file=sys.stderr)
+        raise ValueError(f"--resume: {out} was started with other settings ({shown}); a resumed "
+                         "run keeps the settings it started with (its learning-rate warm-up and "
+                         "decay included), so resume with those, or start again with "
+                         "--overwrite or another --out")
+
+
+def _fit(trainer, task, data, out: FilePath, retry: str) -> list[dict]:
+    """`trainer.fit`, with a run that turns non-finite reported as a ValueError that names the
+    step, the loss term and the newest (good) checkpoint that is kept."""
+    from .runs import checkpoint_steps
+
+    try:
+        return trainer.fit(task, data)
+    except FloatingPointError as e:
+        steps = checkpoint_steps(out)
+        kept = (f"the checkpoint of step {steps[-1]} in {out / 'checkpoints'} is kept"
+                if steps else "no checkpoint had been written")
+        raise ValueError(f"training turned non-finite ({e}); {kept}; start again with {retry} "
+                         "and --overwrite") from e
+
+
+def _check_finite_model(den, folder: str, dim, cond=None) -> None:
+    """Refuse a model whose outputs are not finite (NaN or inf weights) before using it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, *dim, generator=g)
+    with torch.no_grad():
+        bad = [t for t in (0.1, 0.5, 0.9)
+               if not torch.isfinite(den.x0(x, torch.full((64,), t))).all()]
+    if bad:
+        raise ValueError(f"the model in {folder} gives non-finite outputs (at t = "
+                         f"{', '.join(map(str, bad))}); its weights hold NaN or inf")
 
 
 def _write_json(file: FilePath, obj) -> None:
@@ -310,6 +362,7 @@ def _resolve_config(method: str, teacher, overrides: dict, *, seed: int | None =
 def train(args: TrainArgs) -> dict:
     from .cli import _loss, _teacher
     from .io import save_model
+    from .runs import clear_run_folder
     from .train import LossTask, TrainConfig, Trainer
 
     _required(args.data, "--data", "a .npy or .csv file of shape (N, D)")
@@ -320,23 +373,24 @@ def train(args: TrainArgs) -> dict:
     if not args.lr > 0 or not 0 <= args.ema_decay < 1 or args.warmup < 0:
         raise ValueError("need --lr > 0, 0 <= --ema-decay < 1 and --warmup >= 0")
     x = _load_data(args.data, "--data")
-    _guard_out(out, "teacher")
+    _guard_out(out, "teacher", resume=args.resume, overwrite=args.overwrite)
     norm = _fit_normalization(x) if args.normalize else None
     run = {k: v for k, v in dataclasses.asdict(args).items() if k != "out"}
     run["data"] = FilePath(args.data).name
     _check_resume(out, run, args.resume, "teacher")
+    clear_run_folder(out, overwrite=args.overwrite)
     trainer = Trainer(TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                   out_dir=out, log_every=min(100, args.steps),
                                   ckpt_every=args.ckpt_every, progress=args.progress,
                                   resume=args.resume))
     den = _teacher(args, x.shape[1])  # after Trainer(): seeded
-    task = LossTask(den, _loss(args), lr=args.lr, warmup=min(args.warmup, args.steps),
-                    total_steps=None, ema_decay=args.ema_decay or None)
-    if args.resume and _trained_steps(out) is None:
-        print(f"no checkpoint in {out}; starting from scratch", file=sys.stderr)
+    # the warm-up is the run's whatever --steps is (a run of fewer steps ends inside it), so
+    # resuming to a larger --steps equals a run planned for that many
+    task = LossTask(den, _loss(args), lr=args.lr, warmup=args.warmup, total_steps=None,
+                    ema_decay=args.ema_decay or None)
     _write_json(out / "run.json", run)
     t0 = time.perf_counter()
-    records = trainer.fit(task, _normalize(x, norm))
+    records = _fit(trainer, task, _normalize(x, norm), out, "a lower --lr")
     seconds = time.perf_counter() - t0
     if task.ema is not None:
         task.ema.copy_to(den)
@@ -368,12 +422,14 @@ def distill(args: DistillArgs) -> dict:
     from .cli_search import _sample_shape
     from .distill import get_method, toy_steps, with_steps
     from .io import save_student
+    from .runs import clear_run_folder
     from .train import TrainConfig, Trainer
 
     config_class, distiller_class, _ = get_method(args.method)
     out = FilePath(_required(args.out, "--out", "the folder to write the student to"))
     teacher, tinfo = _load_teacher(args.teacher)
-    _guard_out(out, "student", protect=FilePath(args.teacher))
+    _guard_out(out, "student", resume=args.resume, overwrite=args.overwrite,
+               protect=FilePath(args.teacher))
     if args.method == "meanflow" and tinfo["path"].get("name") != "rectified_flow":
         raise ValueError("meanflow is written for the rectified-flow path; distill a teacher "
                          "trained with --objective flow")
@@ -395,6 +451,7 @@ def distill(args: DistillArgs) -> dict:
         print(f"note: {args.method}'s config schedules {planned} steps (phases, rounds or a "
               f"curriculum); --steps {steps} stops inside that schedule", file=sys.stderr)
     dim = _sample_shape(tinfo, ())
+    _check_finite_model(teacher, args.teacher, dim)
     norm = tinfo.get("extra", {}).get("normalization")
     if args.data:
         x = _load_data(args.data, "--data")
@@ -419,15 +476,14 @@ def distill(args: DistillArgs) -> dict:
                                   out_dir=out, log_every=min(100, steps),
                                   ckpt_every=args.ckpt_every, progress=args.progress,
                                   resume=args.resume))
+    clear_run_folder(out, overwrite=args.overwrite)
     distiller = distiller_class(teacher, config)  # after Trainer(): seeded
-    if args.resume and _trained_steps(out) is None:
-        print(f"no checkpoint in {out}; starting from scratch", file=sys.stderr)
     _write_json(out / "run.json", run)
     print(f"distilling {args.teacher} with {args.method} for {steps} steps "
           f"({'on data' if args.data else 'data-free'}); config: "
           f"{json.dumps(run['config'])}", file=sys.stderr)
     t0 = time.perf_counter()
-    records = trainer.fit(distiller, data)
+    records = _fit(trainer, distiller, data, out, "a lower learning rate (--set lr=...)")
     seconds = time.perf_counter() - t0
     done = _trained_steps(out) or steps
     extra = {"teacher": {k: tinfo[k] for k in tinfo if k != "student"}, "normalization": norm,
@@ -489,7 +545,8 @@ def sample(args: SampleArgs) -> dict:
         "normalization"))
     bad = int((~torch.isfinite(x)).any(1).sum())
     if bad:
-        print(f"warning: {bad} of {args.n} samples are not finite", file=sys.stderr)
+        raise ValueError(f"{bad} of {args.n} samples from {args.model} ({what}) are not finite "
+                         f"(NaN or inf); nothing was written to {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     arr = x.numpy().astype(np.float32)
     if out.suffix.lower() == ".npy":

@@ -77,6 +77,13 @@ def save_model(folder, denoiser: Denoiser, *, kind: str = "teacher", extra: dict
 def read_model_info(folder) -> dict:
     file = FilePath(folder) / "model.json"
     if not file.exists():
+        from .runs import checkpoint_steps
+
+        steps = checkpoint_steps(folder)
+        if steps:  # a run that stopped before saving its model
+            raise CheckpointError(f"{folder} holds an unfinished run (checkpoint at step "
+                                  f"{steps[-1]}) but no saved model; finish it by running the "
+                                  "command that started it again with --resume")
         raise CheckpointError(f"{file}: no such file; is {folder} a saved onestep model?")
     try:
         info = json.loads(file.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -14,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parameter import is_lazy
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    CheckpointError,
     capture_rng,
     clean_temporaries,
     latest_checkpoint,
@@ -61,6 +64,13 @@ class TrainConfig:
 def _derive_seed(*ints: int) -> int:
     """An independent 63-bit seed for each tuple (numpy SeedSequence mixing)."""
     return int(np.random.SeedSequence(list(ints)).generate_state(1, np.uint64)[0]) >> 1
+
+
+def _is_damage(error: CheckpointError) -> bool:
+    """Whether a checkpoint failed to load because a file is missing, corrupt or truncated (an
+    older checkpoint may then serve), rather than because it does not fit the task."""
+    text = str(error)
+    return any(s in text for s in ("corrupt", "truncated", "is missing", "does not exist"))
 
 
 def _to_device(obj, device: torch.device):
@@ -163,6 +173,17 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _save(self, task, step: int, generators: dict) -> None:
+        # a finite loss can still leave non-finite weights behind (an update that overflowed):
+        # stop before they replace the last good checkpoint
+        for name, module in task.modules().items():
+            for key, t in module.state_dict().items():
+                if is_lazy(t) or not t.is_floating_point():
+                    continue
+                if not bool(torch.isfinite(t).all()):
+                    raise FloatingPointError(
+                        f"NaN in training at step {step}: weights of '{name}' ({key}) are not "
+                        "finite"
+                    )
         rng = gather_objects(capture_rng(generators, self.device))
         if self.rank == 0:
             save_checkpoint(
@@ -172,10 +193,10 @@ class Trainer:
         barrier()
 
     def _resume(self, task, generators: dict) -> int:
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
+        ckpt = self._load_newest_intact(task)
+        if ckpt is None:
             return 0
-        ckpt = load_checkpoint(path, task)
+        path = ckpt["path"]
         rngs = ckpt["state"].get("rng") or []
         if len(rngs) == self.world:
             restore_rng(rngs[self.rank], generators, self.device)
@@ -187,6 +208,37 @@ class Trainer:
             )
             self._seed(generators, ckpt["step"])
         return ckpt["step"]
+
+    def _load_newest_intact(self, task) -> dict | None:
+        """Load the newest checkpoint that loads; a corrupt newer one is skipped with a note on
+        stderr saying which and why. None when there is no checkpoint; CheckpointError (naming
+        each one tried) when none loads, or when the newest fails for a reason other than
+        damage (a checkpoint that does not fit the task)."""
+        try:
+            newest = latest_checkpoint(self.out_dir)
+        except CheckpointError:  # `latest` names a step folder that is gone
+            newest = None
+        candidates = [p for _, p in reversed(list_checkpoints(self.ckpt_dir))]
+        if newest is not None and newest in candidates:  # `latest` first, then by step
+            candidates.remove(newest)
+            candidates.insert(0, newest)
+        skipped = []
+        for path in candidates:
+            try:
+                ckpt = load_checkpoint(path, task)
+            except CheckpointError as e:
+                if not _is_damage(e):
+                    raise
+                skipped.append(str(e))
+                continue
+            if skipped and self.rank == 0:
+                for reason in skipped:
+                    print(f"warning: skipped a damaged checkpoint: {reason}", file=sys.stderr)
+                print(f"resuming from {path} instead", file=sys.stderr)
+            return ckpt
+        if skipped:
+            raise CheckpointError("no intact checkpoint to resume from: " + "; ".join(skipped))
+        return None
 
     def _seed(self, generators: dict, offset: int = 0) -> None:
         """Seeds from (seed, offset, stream, rank); tensor data is indexed alike on all ranks."""
