@@ -112,9 +112,9 @@ def demo(args: DemoArgs) -> dict:
     # 3. distil a one-step student and sample it on the same noise
     student, distill_s = None, 0.0
     if args.method != "none":
-        from .cli_vector import _resolve_config
         from .distill import toy_steps, with_steps
         from .io import save_student
+        from .runner import resolve_config as _resolve_config
 
         config = _resolve_config(args.method, den, {}, seed=args.seed, progress=args.progress)
         steps = args.distill_steps or toy_steps(args.method, config)

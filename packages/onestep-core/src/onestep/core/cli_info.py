@@ -19,8 +19,9 @@ def methods(args: MethodsArgs) -> dict:
     from .method_registry import REGISTRY
 
     if args.method:
-        from .cli_vector import _resolve_config, needs_data, parse_overrides
         from .distill import get_method, toy_steps
+        from .runner import needs_data, parse_overrides
+        from .runner import resolve_config as _resolve_config
 
         config_class = get_method(args.method)[0]
         config = _resolve_config(args.method, None, parse_overrides(args.set, config_class))

@@ -251,11 +251,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, task, data, *, resume: bool | None = None) -> list[dict]:
+    def fit(self, task, data, *, resume: bool | None = None,
+            on_checkpoint: Callable[[int], None] | None = None) -> list[dict]:
         """Train `task` on `data` up to `config.steps`; returns this run's log records.
 
         `data`: a Tensor (N, ...), a tuple/dict of Tensors sharing N (random global index batches
         from the trainer's seeded generator), or `sample(local_batch_size, generator) -> batch`.
+        `on_checkpoint(step)` runs on rank 0 after each checkpoint is written (e.g. to draw a grid
+        of samples); it must not draw from the global RNGs it does not restore (resume would then
+        differ), so give it its own seeded generator.
         """
         c = self.config
         resume = c.resume if resume is None else resume
@@ -331,6 +335,8 @@ class Trainer:
 
                 if (c.ckpt_every and done % c.ckpt_every == 0) or done == c.steps:
                     self._save(task, done, generators)
+                    if on_checkpoint is not None and self.rank == 0:
+                        on_checkpoint(done)
         finally:
             bar.close()
             if log is not None:
