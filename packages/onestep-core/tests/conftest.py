@@ -40,6 +40,7 @@ def toy_data():
 @pytest.fixture(scope="session")
 def flow_teacher(toy_data):
     """A rectified-flow velocity teacher (MLP) on the toy data."""
+    torch.manual_seed(0)  # the same initialisation whichever tests ran before
     den = Denoiser(MLP(2, hidden=128, depth=3), RectifiedFlow(), prediction="velocity")
     return _fit(den, FlowMatchingLoss(), toy_data[0])
 
@@ -47,6 +48,7 @@ def flow_teacher(toy_data):
 @pytest.fixture(scope="session")
 def vp_teacher(toy_data):
     """A discrete-VP (DDPM, 1000 steps) eps teacher taking the step index, on the toy data."""
+    torch.manual_seed(0)
     den = Denoiser(MLP(2, hidden=128, depth=3, time_scale=1.0), VP.ddpm_linear(1000),
                    prediction="eps", time_input="index")
     return _fit(den, DSMLoss(target="eps"), toy_data[0])

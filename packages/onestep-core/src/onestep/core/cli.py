@@ -211,9 +211,9 @@ def _commands() -> dict:
 COMMANDS = _commands()
 
 
-def command_function(name: str):
-    """The function that runs command `name` (imported now)."""
-    target = COMMANDS[name][1]
+def command_function(name: str, commands: dict | None = None):
+    """The function that runs command `name` of `commands` (default: onestep's), imported now."""
+    target = (COMMANDS if commands is None else commands)[name][1]
     if callable(target):
         return target
     module, attr = target.split(":")
@@ -280,22 +280,26 @@ def parse_dataclass(cls, argv=None, description: str | None = None):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `onestep` parser: one subparser per command of COMMANDS, one flag per field."""
-    parser = argparse.ArgumentParser(prog="onestep", description=DESCRIPTION,
+def build_parser(prog: str = "onestep", description: str = DESCRIPTION,
+                 commands: dict | None = None) -> argparse.ArgumentParser:
+    """A command line's parser: one subparser per command of `commands` ({name: (Args class,
+    "module:function")}, default onestep's COMMANDS), one flag per field."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands")
-    for name, (cls, _) in COMMANDS.items():
+    for name, (cls, _) in (COMMANDS if commands is None else commands).items():
         _parser_for(cls, sub.add_parser(name, help=summary(cls),
                                         description=inspect.cleandoc(cls.__doc__ or "")))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = vars(build_parser().parse_args(argv))
+def run_cli(prog: str, description: str, commands: dict, argv: list[str] | None = None) -> int:
+    """Parse `argv` for `commands`, print a dry run, or run the command with user errors as one
+    line and exit code 2 (`runs.run_command`): the main of every onestep command line."""
+    ns = vars(build_parser(prog, description, commands).parse_args(argv))
     command = ns.pop("command")
-    cls = COMMANDS[command][0]
+    cls = commands[command][0]
     for name in getattr(cls, "REPEATABLE", ()):
         ns[name] = " ".join(ns[name]) if ns[name] is not None else getattr(cls, name)
     args = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()})
@@ -304,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runs import run_command
 
-    return run_command(f"onestep {command}", command_function(command), args)
+    return run_command(f"{prog} {command}", command_function(command, commands), args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("onestep", DESCRIPTION, COMMANDS, argv)
 
 
 if __name__ == "__main__":
