@@ -71,7 +71,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert info["student"]["method"] == "instaflow" and info["student"]["nfe"] == 1
     # a second demo into the same folder is refused (the first is kept), --overwrite replaces it
     assert main(["demo", "--steps", "5", "--no-progress", "--out", str(tmp_path)]) == 2
-    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "demo.json").exists()
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err and (tmp_path / "demo.json").exists()
     assert main(["demo", "--steps", "5", "--nfe", "1", "--method", "none", "--n-samples", "100",
                  "--no-progress", "--overwrite", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "demo.json").read_text())["args"]["steps"] == 5

@@ -74,7 +74,7 @@ def demo(args: DemoArgs) -> dict:
         raise ValueError(f"unknown objective {args.objective!r}; use 'flow' or 'edm'")
     if args.distill_steps < 0 or not args.nfe or min(args.nfe) < 1 or not args.lr > 0:
         raise ValueError("need --distill-steps >= 0, --nfe values >= 1 and --lr > 0")
-    out = check_run_folder(args.out, overwrite=args.overwrite)
+    out = check_run_folder(args.out, overwrite=args.overwrite, can_resume=False)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)

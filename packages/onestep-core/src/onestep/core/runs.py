@@ -51,9 +51,10 @@ def checkpoint_steps(folder: str | os.PathLike) -> list[int]:
 
 
 def check_run_folder(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-                     flag: str = "--out") -> Path:
+                     flag: str = "--out", can_resume: bool = True) -> Path:
     """Check that a run may be written to `out` as asked; returns it as a Path.
 
+    `can_resume`: whether the command has --resume (the message offers it only then).
     Call it before any work; call `clear_run_folder` (on --overwrite) once everything else has
     been checked, so that a mistyped argument never costs the old run.
     """
@@ -76,9 +77,9 @@ def check_run_folder(out: str | os.PathLike, *, resume: bool = False, overwrite:
         if not overwrite:
             steps = checkpoint_steps(out)
             what = f"a run (checkpoint at step {steps[-1]})" if steps else "a run"
-            raise RunFolderError(f"{flag} {out} already holds {what}; continue it with "
-                                 "--resume, delete it and start again with --overwrite, or "
-                                 f"choose another {flag}")
+            resume_hint = "continue it with --resume, " if can_resume else ""
+            raise RunFolderError(f"{flag} {out} already holds {what}; {resume_hint}delete it "
+                                 f"and start again with --overwrite, or choose another {flag}")
     return out
 
 
