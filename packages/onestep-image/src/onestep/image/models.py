@@ -4,8 +4,8 @@ classifier-free guidance, and the (images, labels) data the core Trainer draws b
 
     data = load_images("digits")
     den = make_teacher(data.shape, num_classes=data.num_classes)          # tiny EDM UNet
-    task = LossTask(den, teacher_loss("edm"), lr=2e-3, ema_decay=0.995)
-    Trainer(TrainConfig(steps=..., batch_size=64)).fit(task, training_data(data, den))
+    task = LossTask(den, teacher_loss("edm"), lr=5e-3, warmup=100, ema_decay=0.995)
+    Trainer(TrainConfig(steps=1000, batch_size=64)).fit(task, training_data(data, den))
     x = sample(den.with_guidance(2.0), noise, nfe=35, solver="heun", cond=labels)
 
 The teacher is a plain core Denoiser around a registered network (UNet, DiT, or EDMPrecond
@@ -33,6 +33,7 @@ __all__ = [
     "OBJECTIVES",
     "PRESETS",
     "SIZES",
+    "TINY_RECIPE",
     "count_parameters",
     "make_teacher",
     "network_config",
@@ -48,22 +49,26 @@ SIZES = ("tiny", "small", "base")
 PRESETS: dict[str, dict[str, dict]] = {
     "unet": {
         # 8x8 digits on a CPU; see make_teacher's docstring for what it does in a minute
-        "tiny": dict(base=32, mults=(1, 2), num_res=1, attn_resolutions=()),
+        "tiny": dict(base=16, mults=(1, 2), num_res=1, attn_resolutions=()),
         # 28x28 (Fashion-)MNIST on a CPU: levels 28, 14, 7 with attention at 7x7
         "small": dict(base=32, mults=(1, 2, 2), num_res=1, attn_resolutions=(4,)),
         # DDPM's CIFAR-10 network (Ho et al. 2020, App. B: 35.7M parameters), for a GPU
         "base": dict(base=128, mults=(1, 2, 2, 2), num_res=2, attn_resolutions=(2,), dropout=0.1),
     },
     "dit": {
-        # max_tokens picks the patch size: the smallest of 1, 2, 4, 8 dividing H and W that
-        # leaves at most this many tokens (8x8 -> 2 (16 tokens), 28x28 -> 4 (49), 32x32 -> 4)
-        "tiny": dict(hidden=128, depth=4, heads=4, max_tokens=64),
-        "small": dict(hidden=256, depth=6, heads=4, max_tokens=64),
+        # max_tokens picks the patch size: the smallest of 2, 4, 8 dividing H and W that leaves
+        # at most this many tokens (8x8 -> 2 (16 tokens), 28x28 -> 4 (49), 32x32 -> 4 (64))
+        "tiny": dict(hidden=64, depth=4, heads=4, max_tokens=64),
+        "small": dict(hidden=128, depth=6, heads=4, max_tokens=64),
         # DiT-S (Peebles & Xie 2023, Table 1: hidden 384, depth 12, 6 heads), for a GPU
-        "base": dict(hidden=384, depth=12, heads=6, max_tokens=256),
+        "base": dict(hidden=384, depth=12, heads=6, max_tokens=256),  # 32x32 -> 2 (256)
     },
 }
 """Network settings per architecture and size; any of them can be overridden by keyword."""
+
+TINY_RECIPE = dict(steps=1000, batch_size=64, lr=5e-3, warmup=100, ema_decay=0.995)
+"""The measured digits recipe for the "tiny" UNet (see make_teacher): about a minute on 1 CPU
+thread; the DiT used lr 2e-3."""
 
 EDM_TIME_SCALE = 250.0
 """The inner network's time_scale under EDMPrecond, whose c_noise = ln(sigma) / 4 spans about
@@ -71,15 +76,14 @@ EDM_TIME_SCALE = 250.0
 
 
 def _patch_size(shape: tuple[int, int], max_tokens: int) -> int:
+    """The smallest of 2, 4, 8 dividing H and W that leaves at most `max_tokens` tokens (else the
+    largest that divides them; 1 when none does)."""
     h, w = shape
-    fits = [p for p in (1, 2, 4, 8) if h % p == 0 and w % p == 0]
-    if not fits:
-        raise ValueError(f"no DiT patch size of 1, 2, 4 or 8 divides the image size {h}x{w}; "
-                         "pass patch_size= explicitly")
+    fits = [p for p in (2, 4, 8) if h % p == 0 and w % p == 0]
     for p in fits:
         if (h // p) * (w // p) <= max_tokens:
             return p
-    return fits[-1]
+    return fits[-1] if fits else 1
 
 
 def network_config(image_shape: Sequence[int], *, num_classes: int = 0, arch: str = "unet",
@@ -132,11 +136,19 @@ def make_teacher(image_shape: Sequence[int], *, num_classes: int = 0, arch: str 
     dropout for the UNet; hidden, depth, heads, mlp_ratio, patch_size or max_tokens for the DiT)
     can be given by keyword to override it.
 
-    Measured on this project's 2-core CPU box, 1 torch thread, with other jobs running (times are
-    upper bounds): "tiny" UNet (0.69M parameters) on digits 8x8, EDM, batch 64, AdamW lr 2e-3,
-    EMA 0.995: see MEASURED below for steps, seconds and what the samples looked like.
-    "small" on 28x28 (Fashion-MNIST), batch 128, 1 thread: UNet 1.19M parameters, DiT (patch 4)
-    7.4M; see MEASURED.
+    Measured on a shared 2-core CPU box with torch.set_num_threads(1) (other jobs were running,
+    so the times are upper bounds), class-conditional, AdamW with LossTask's defaults:
+      "tiny" on digits 8x8, batch 64, 1000 steps, EMA 0.995, 10 classes, label dropout 0.1:
+        UNet EDM  (173,921 parameters, lr 5e-3): 62-77 s; final loss 0.45
+        UNet flow (173,921, lr 5e-3):            62 s
+        DiT EDM   (328,964, patch 2, lr 2e-3):   59 s
+      Sampled with heun, nfe=35, karras schedule: the digits are recognisable (grainy, like the
+      8x8 data). A logistic-regression classifier fit on the real digits gives the conditioning
+      label to 93% / 94% / 83% (UNet EDM / UNet flow / DiT EDM) of 500 samples without guidance
+      and to 99.4% / 99.8% / 98.4% with guidance 2. (base=32, 0.69M parameters, managed only
+      400 steps in the same time and gave visibly worse digits.)
+      "small" on 28x28 (Fashion-MNIST), batch 128, ms per training step: UNet 1.19M parameters,
+      2,800 ms; DiT (patch 4, 49 tokens) 1.87M parameters, 1,140 ms.
     """
     config = network_config(image_shape, num_classes=num_classes, arch=arch, size=size,
                             objective=objective, **overrides)
