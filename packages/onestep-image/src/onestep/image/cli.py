@@ -33,12 +33,19 @@ class DemoArgs:
     overwrite: bool = False
     """Delete the previous demo in --out and start again (without it, a demo into a folder that
     holds a run is refused)."""
-    steps: int = 2500
-    """Teacher training steps."""
-    method: str = "progressive"
-    """Distillation method for the one-step student (`onestep-image methods` lists them)."""
-    distill_steps: int = 0
-    """Distillation steps; 0: the method's image-scale default."""
+    steps: int = 1000
+    """Teacher training steps (the rest of the tiny UNet's measured digits recipe is fixed:
+    batch 64, lr 5e-3, 100 warm-up steps, EMA 0.995)."""
+    method: str = "dmd"
+    """Distillation method for the one-step student (`onestep-image methods` lists them). DMD
+    (distribution matching + ODE-pair regression) measured best of dmd, cd and progressive at
+    600 steps on this teacher: FD 2.82 vs 3.77 (cd, 1 step) and 2.84 (progressive, still 16
+    steps), teacher at 35 NFE 2.90."""
+    distill_steps: int = 500
+    """Distillation steps; 0: the method's image-scale default (minutes to hours)."""
+    n: int = 0
+    """Images per table row (class-balanced, the same noise for every row); 0: as many as the
+    noise floor's set of unseen real digits (359), so that every FD is at the same N."""
     seed: int = 0
     threads: int = 2
     """CPU threads for torch."""
