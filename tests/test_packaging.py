@@ -77,3 +77,7 @@ def test_image_wheel_installs_beside_the_core_wheel_alone(tmp_path):
     image_file, core_file, n, classes = out.stdout.split()
     assert str(venv) in image_file and str(venv) in core_file, "imported from the workspace"
     assert (int(n), int(classes)) == (1797, 10)
+    # the console script the wheel declares runs from the venv
+    helped = subprocess.run([str(venv / "bin" / "onestep-image"), "--help"], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and "train-features" in helped.stdout, helped.stderr
