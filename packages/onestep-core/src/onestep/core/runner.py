@@ -126,12 +126,13 @@ def fit(trainer, task, data, out: FilePath, retry: str, *,
 
 
 def check_finite_model(den, folder: str, dim, cond=None) -> None:
-    """Refuse a model whose outputs are not finite (NaN or inf weights) before using it."""
+    """Refuse a model whose outputs are not finite (NaN or inf weights) before using it; `cond`
+    is the conditioning of the 64 probe inputs (class labels for a class-conditional model)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, *dim, generator=g)
     with torch.no_grad():
         bad = [t for t in (0.1, 0.5, 0.9)
-               if not torch.isfinite(den.x0(x, torch.full((64,), t))).all()]
+               if not torch.isfinite(den.x0(x, torch.full((64,), t), cond)).all()]
     if bad:
         raise ValueError(f"the model in {folder} gives non-finite outputs (at t = "
                          f"{', '.join(map(str, bad))}); its weights hold NaN or inf")

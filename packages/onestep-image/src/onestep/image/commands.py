@@ -185,11 +185,56 @@ def _schedule(spec: str):
     return spec
 
 
+def is_diffusers_folder(path: Path) -> bool:
+    """Whether `path` holds a diffusers pipeline or UNet2DModel (and no onestep model)."""
+    if (path / "model.json").exists():
+        return False
+    if (path / "model_index.json").exists() or (path / "unet" / "config.json").exists():
+        return True
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_diffusers_teacher(path: Path):
+    """(Denoiser, info) for a diffusers folder, with the model.json-like info the image verbs
+    read: the image shape and classes from the UNet's config."""
+    from .diffusers import from_diffusers
+    from .models import teacher_num_classes
+
+    den = from_diffusers(path)
+    c = den.model.unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    k = teacher_num_classes(den)
+    info = {"kind": "teacher", "source": {"diffusers": str(path.resolve())},
+            "extra": {"image_shape": [c.in_channels, size, size], "num_classes": k,
+                      "class_names": [str(i) for i in range(k)]}}
+    return den.eval(), info
+
+
+def load_teacher(folder: str, flag: str = "--teacher"):
+    """(Denoiser, info) from a teacher folder written by `onestep-image train` or a local
+    diffusers folder (`from_diffusers`)."""
+    from onestep.core.io import load_model, read_model_info
+
+    path = _model_folder(folder, flag)
+    if is_diffusers_folder(path):
+        return load_diffusers_teacher(path)
+    info = read_model_info(path)
+    if info["kind"] != "teacher":
+        raise ValueError(f"{flag} {folder} holds {describe_model(info)}, not a teacher")
+    return load_model(path, kind="teacher")
+
+
 def load_any(folder: str, flag: str = "--model"):
-    """(kind, model, info): ("teacher", Denoiser, info) or ("student", Generator, info)."""
+    """(kind, model, info): ("teacher", Denoiser, info) or ("student", Generator, info); a
+    diffusers folder loads as a teacher."""
     from onestep.core.io import load_model, load_student, read_model_info
 
     path = _model_folder(_required(folder, flag, "a folder written by onestep-image"), flag)
+    if is_diffusers_folder(path):
+        return ("teacher", *load_diffusers_teacher(path))
     info = read_model_info(path)
     if info["kind"] == "teacher":
         den, info = load_model(path, kind="teacher")
@@ -287,7 +332,7 @@ def _teacher_data(tinfo: dict, data: str, root: str):
 def distill(args: DistillArgs | None = None, **kwargs) -> dict:
     """Distill an image teacher into a one- or few-step student in `out`."""
     from onestep.core.distill import get_method
-    from onestep.core.io import load_model, read_model_info, save_student
+    from onestep.core.io import save_student
 
     from .defaults import image_defaults
     from .models import teacher_num_classes
@@ -297,11 +342,8 @@ def distill(args: DistillArgs | None = None, **kwargs) -> dict:
     distiller_class = get_method(args.method)[1]
     out = Path(_required(args.out, "--out", "the folder to write the student to"))
     folder = _model_folder(_required(args.teacher, "--teacher", "a teacher folder written by "
-                                     "`onestep-image train`"), "--teacher")
-    info = read_model_info(folder)
-    if info["kind"] != "teacher":
-        raise ValueError(f"--teacher {args.teacher} holds {describe_model(info)}, not a teacher")
-    teacher, tinfo = load_model(folder, kind="teacher")
+                                     "`onestep-image train`, or a diffusers folder"), "--teacher")
+    teacher, tinfo = load_teacher(args.teacher)
     teacher.eval().requires_grad_(False)
     guard_out(out, "student", resume=args.resume, overwrite=args.overwrite, protect=folder)
     if args.batch_size < 1:
@@ -314,8 +356,9 @@ def distill(args: DistillArgs | None = None, **kwargs) -> dict:
                           "config": dataclasses.asdict(config)}, indent=1, default=str))
         return {"config": config, "steps": steps}
     shape = _image_shape(tinfo)
-    check_finite_model(teacher, args.teacher, shape)
     k = teacher_num_classes(teacher)
+    check_finite_model(teacher, args.teacher, shape,
+                       cond=torch.arange(64) % k if k else None)
     if args.data or needs_data(args.method, config):
         images = _teacher_data(tinfo, args.data, args.data_root)
         if tuple(images.shape) != shape:

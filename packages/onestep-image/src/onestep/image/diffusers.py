@@ -56,6 +56,23 @@ class UNetAdapter(nn.Module):
         self.split_variance = bool(split_variance)
 
     @property
+    def config(self) -> dict:
+        """What `from_config` rebuilds this adapter from: the UNet's own config (diffusers'
+        config.json entries) and the adapter's settings. With it, core's save_model / load_model
+        store a loaded diffusers teacher, and students made from it, like any onestep model."""
+        unet = {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dict(self.unet.config).items() if not k.startswith("_")}
+        return {"unet": unet, "time_scale": self.time_scale,
+                "split_variance": self.split_variance}
+
+    @classmethod
+    def from_config(cls, config: dict) -> UNetAdapter:
+        from diffusers import UNet2DModel
+
+        return cls(UNet2DModel.from_config(config["unet"]), time_scale=config["time_scale"],
+                   split_variance=config["split_variance"])
+
+    @property
     def class_conditional(self) -> bool:
         return getattr(self.unet, "class_embedding", None) is not None
 

@@ -183,7 +183,8 @@ def _inner(net: nn.Module) -> nn.Module:
 def teacher_num_classes(denoiser: Denoiser) -> int:
     """The number of classes a teacher's network is conditioned on (0: unconditional)."""
     config = getattr(_inner(denoiser.model), "config", None) or {}
-    return int(config.get("num_classes") or 0)
+    unet = config.get("unet") or {}  # a diffusers UNet2DModel (onestep.image.diffusers)
+    return int(config.get("num_classes") or unet.get("num_class_embeds") or 0)
 
 
 def count_parameters(module: nn.Module) -> int:
