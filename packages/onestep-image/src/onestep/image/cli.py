@@ -120,8 +120,8 @@ class SampleArgs:
     generator."""
 
     model: str = ""
-    """Folder of a teacher (`onestep-image train`) or student (`onestep-image distill`)
-    (required)."""
+    """Folder of a teacher (`onestep-image train`, or a local diffusers UNet2DModel or pipeline
+    folder) or student (`onestep-image distill`) (required)."""
     out: str = "samples.npz"
     """Output: .npz (images in [-1, 1], labels) or .png (a grid)."""
     n: int = 64
@@ -159,7 +159,8 @@ class DistillArgs:
     OWN_DRY_RUN = True
 
     teacher: str = ""
-    """Folder of a teacher written by `onestep-image train` (required)."""
+    """Folder of a teacher written by `onestep-image train`, or a local diffusers UNet2DModel or
+    pipeline folder (DDPM/DDIM or flow-matching scheduler) (required)."""
     method: str = "progressive"
     """Distillation method; `onestep-image methods` lists them."""
     out: str = ""
