@@ -20,6 +20,7 @@ from onestep.core.distill.meanflow import (
     MeanFlowDistiller,
     MeanFlowModel,
     TwoTimeNet,
+    rectified_view,
     sample_two_times,
     total_derivative,
 )
@@ -38,8 +39,8 @@ from onestep.core.distill.rectified import (
 from onestep.core.distill.tdm import METHODS as TDM_METHODS
 from onestep.core.distill.tdm import TDMConfig, TDMDistiller, tdm_diffuse, tdm_times
 from onestep.core.metrics import sliced_wasserstein
-from onestep.core.nn import UNet
-from onestep.core.paths import VP, RectifiedFlow
+from onestep.core.nn import EDMPrecond, UNet
+from onestep.core.paths import EDM, VP, RectifiedFlow
 from onestep.core.sampling import sample
 from onestep.core.train import TrainConfig, Trainer
 
@@ -418,6 +419,57 @@ def test_image_shapes_and_conditions():
             noise, xs, c = d.couplings()
             assert noise.shape == (16, 1, 4, 4) and c.shape == (16,)
     assert distillers[2].student.model.config["base"] == 4
+
+
+def _gaussian_x0(path, s2=0.3):
+    """The exact x0 predictor E[x | x_t] for data N(0, s2 I) on `path`, as a network called with
+    the path's own time t."""
+    def model(x_t, t):
+        c = path.coefficients(t.to(torch.float64))
+        a, sg = c.alpha.reshape(-1, 1), c.sigma.reshape(-1, 1)
+        return (a * s2 / (a * a * s2 + sg * sg) * x_t).to(x_t.dtype)
+    return model
+
+
+@pytest.mark.parametrize("path", [EDM(), VP("linear")], ids=["edm", "vp"])
+def test_rectified_view_is_the_teachers_flow_on_the_rectified_path(path):
+    """For Gaussian data the exact denoiser is known on every path: the view of the exact EDM
+    (or VP) teacher gives the exact rectified-flow velocity, within the teacher's noise range."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        teacher = Denoiser(_gaussian_x0(path), path, prediction="x0", time_input="t")
+        exact = Denoiser(_gaussian_x0(RectifiedFlow()), RectifiedFlow(), prediction="x0",
+                         time_input="t")
+        view = rectified_view(teacher)
+        assert view.path.name == RectifiedFlow().name and rectified_view(exact) is exact
+        z = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+        t = torch.tensor([0.05, 0.2, 0.5, 0.8, 0.95, 0.98], dtype=torch.float64)
+        torch.testing.assert_close(view.velocity(z, t), exact.velocity(z, t), rtol=1e-6,
+                                   atol=1e-6)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_meanflow_distills_an_edm_teacher():
+    """An EDM teacher (EDMPrecond around a UNet, the image package's default) is read on the
+    rectified-flow path; the student is a two-time copy of its UNet, and a short run lowers the
+    MeanFlow loss and samples finite images."""
+    torch.manual_seed(0)
+    net = UNet(1, base=8, mults=(1,), num_classes=3, time_scale=250.0)
+    teacher = Denoiser(EDMPrecond(net), EDM(), prediction="x0", time_input="sigma", null_cond=3)
+    d = MeanFlowDistiller(teacher, MeanFlowConfig(jvp="double_backward", lr=3e-3))
+    assert isinstance(d.student.net, TwoTimeNet) and isinstance(d.student.net.net, UNet)
+    assert d.student.net.net is not net
+    x = 0.5 * torch.randn(16, 1, 4, 4)
+    cond = torch.randint(0, 3, (16,))
+    g = torch.Generator().manual_seed(0)
+    losses = [d.step((x, cond), step=i, generator=g)["mse"] for i in range(40)]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
+    with torch.no_grad():
+        out = d.generator().generate(torch.randn(4, 1, 4, 4), cond=cond[:4])
+    assert out.shape == (4, 1, 4, 4) and bool(torch.isfinite(out).all())
+    with pytest.raises(ValueError, match="time_scale=None"):
+        MeanFlowDistiller(teacher, MeanFlowConfig(time_scale=None))
 
 
 def test_registries():

@@ -26,6 +26,11 @@ differentiates the network in t, and a 1000 t embedding makes that derivative mo
 high-frequency wiggle (see `MeanFlowConfig.time_scale`). With `time_scale=None` the teacher's
 embedding is kept and, the gap embedding starting at zero, u(z, r, t) = v_teacher(z, t) at
 initialisation for every r.
+
+A teacher on another path (EDM, VP) is read on the rectified-flow path through `rectified_view`
+(the same log-SNR, the input rescaled), and the student is a `TwoTimeNet` around a copy of the
+network inside its wrapper (EDMPrecond's UNet) with the [0, 1] time embedding: it starts from
+the teacher's weights but not from its function (the wrapper's output was another kind).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "MeanFlowGenerator",
     "TwoTimeNet",
     "meanflow_loss",
+    "rectified_view",
     "total_derivative",
     "sample_two_times",
     "METHODS",
@@ -228,6 +234,45 @@ class TwoTimeNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, r: Tensor, cond=None) -> Tensor:
         tt = torch.stack([t, t - r], dim=-1)  # (B, 2)
         return self.net(x, tt) if cond is None else self.net(x, tt, cond)
+
+
+class _RectifiedView(nn.Module):
+    """A teacher on any path as a velocity network on the rectified-flow path (B,) t in [0, 1]:
+    z_t = (1 - t) x + t eps, rescaled by alpha_s / (1 - t), is the teacher's x_s at the time s
+    with the same log-SNR (sigma_s / alpha_s = t / (1 - t)); the output is eps - x0 from the
+    teacher's (x0, eps) there. Times beyond the teacher's largest noise level (EDM's sigma_max
+    = 80: t > 80/81) are read at that level."""
+
+    def __init__(self, teacher: Denoiser):
+        super().__init__()
+        self.teacher = teacher
+        top = float(teacher.path.sigma_ve(1.0))
+        self.t_max = top / (1.0 + top) if top < float("inf") else 1.0 - 1e-6
+
+    def forward(self, z: Tensor, t: Tensor, cond=None) -> Tensor:
+        t = as_batch_time(t, z).to(torch.float64).clamp(1e-6, self.t_max)
+        s = self.teacher.path.t_from_sigma_ve(t / (1.0 - t))
+        x_s = (broadcast(self.teacher.path.alpha(s) / (1.0 - t), z) * z).to(z.dtype)
+        x0, eps = self.teacher.x0_eps(x_s, s, cond)
+        return eps - x0
+
+
+def rectified_view(teacher: Denoiser) -> Denoiser:
+    """`teacher` as a Denoiser on the rectified-flow path (itself when it is on one already):
+    a change of variables, not an approximation, within the teacher's noise range."""
+    if isinstance(teacher.path, RectifiedFlow):
+        return teacher
+    return Denoiser(_RectifiedView(teacher), RectifiedFlow(), prediction="velocity",
+                    time_input="t", null_cond=teacher.null_cond)
+
+
+def _time_network(model: nn.Module) -> nn.Module:
+    """The network whose `time_embed` reads the time: `model`, or the one inside a wrapper's
+    `net` (EDMPrecond)."""
+    net = model
+    while not hasattr(net, "time_embed") and isinstance(getattr(net, "net", None), nn.Module):
+        net = net.net
+    return net
 
 
 class MeanFlowModel(nn.Module):
@@ -418,14 +463,21 @@ class MeanFlowDistiller(Distiller):
         config = MeanFlowConfig() if config is None else config
         validate_config(config)
         super().__init__(teacher, config)
+        self.flow_teacher = rectified_view(teacher)
         if student_network is None:
-            student_network = TwoTimeNet(copy.deepcopy(teacher.model), config.time_scale)
+            net = teacher.model
+            if self.flow_teacher is not teacher:  # another path: the inner network
+                if config.time_scale is None:
+                    raise ValueError("MeanFlowConfig.time_scale=None keeps the teacher's own time "
+                                     "input, which only a rectified-flow teacher has; use a number")
+                net = _time_network(net)
+            student_network = TwoTimeNet(copy.deepcopy(net), config.time_scale)
         elif not isinstance(student_network, TwoTimeNet) and hasattr(student_network, "time_embed"):
             student_network = TwoTimeNet(student_network, config.time_scale)
         student_network.train()
         for prm in student_network.parameters():
             prm.requires_grad_(True)
-        self.student = MeanFlowModel(student_network, teacher)
+        self.student = MeanFlowModel(student_network, self.flow_teacher)
         self.add_module("student", student_network)
         self.add_optimizer(
             "student",
@@ -460,7 +512,7 @@ class MeanFlowDistiller(Distiller):
             r,
             t,
             cond=cond,
-            teacher=self.teacher if c.mode == "teacher" else None,
+            teacher=self.flow_teacher if c.mode == "teacher" else None,
             p=c.weight_p,
             c=c.weight_c,
             jvp=c.jvp,
@@ -472,7 +524,7 @@ class MeanFlowDistiller(Distiller):
 
     def generator(self) -> Generator:
         net = self.ema.module if self.ema is not None else self.student.net
-        return MeanFlowGenerator(MeanFlowModel(net, self.teacher))
+        return MeanFlowGenerator(MeanFlowModel(net, self.flow_teacher))
 
 
 METHODS = {  # descriptions: onestep.core.method_registry
