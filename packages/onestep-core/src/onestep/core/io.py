@@ -10,6 +10,12 @@ recorded in model.json's "student" entry (kind "student"):
                  experts): the generator's state_dict in generator.safetensors, the teacher in
                  teacher/ and the method's config; `load_student` rebuilds the Distiller from the
                  teacher and config and loads the weights into its `generator()`.
+    "adapter"    a Denoiser student built on the teacher's own frozen network (LoRA adaptors,
+                 `distill.students`): only its own weights (the adaptors, a w embedding) in
+                 adapter.safetensors, with the recipe that rebuilds it, the teacher folder
+                 (relative to the student's) and the SHA-256 of the teacher's weights;
+                 `load_student` loads the teacher from that folder (or `teacher=`) and refuses
+                 one whose weights differ.
 """
 
 from __future__ import annotations
@@ -103,10 +109,11 @@ def load_model(folder, *, kind: str | None = None) -> tuple[Denoiser, dict]:
     if kind is not None and kind not in (info["kind"], student.get("method")):
         raise CheckpointError(f"{FilePath(folder) / 'model.json'} holds a {info['kind']!r} model, "
                               f"expected a {kind!r} model")
-    if student.get("format") == "generator":
+    if student.get("format") in ("generator", "adapter"):
         raise CheckpointError(
             f"{FilePath(folder) / 'model.json'} holds a {student.get('method')!r} student saved as "
-            "a generator, not a single Denoiser; load it with onestep.core.io.load_student"
+            f"{student['format']!r}, not a single Denoiser; load it with "
+            "onestep.core.io.load_student"
         )
     net = build_network(info["network"]["name"], info["network"]["config"])
     file = FilePath(folder) / "model.safetensors"
@@ -162,13 +169,16 @@ def _saveable(den: Denoiser) -> bool:
     return fresh.state_dict().keys() == net.state_dict().keys()
 
 
-def save_student(folder, distiller, *, extra: dict | None = None) -> dict:
+def save_student(folder, distiller, *, extra: dict | None = None, teacher_folder=None) -> dict:
     """Save `distiller.generator()` so that `load_student(folder)` rebuilds it; returns the
     "student" entry written to model.json. `extra` is stored as model.json's "extra" (e.g. the
-    teacher's model.json and the data normalisation)."""
+    teacher's model.json and the data normalisation). A LoRA student is saved as its adaptors
+    alone, referring to `teacher_folder` (the saved teacher it was distilled from; None: the
+    teacher is saved in `folder`/teacher)."""
     import dataclasses
 
     from .distill.base import DenoiserGenerator
+    from .distill.students import recipe_of
 
     folder = FilePath(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -176,6 +186,11 @@ def save_student(folder, distiller, *, extra: dict | None = None) -> dict:
     gen = distiller.generator()
     entry = {"method": method, "config": _jsonable(dataclasses.asdict(distiller.config)),
              "nfe": 1}
+    if isinstance(gen, DenoiserGenerator) and recipe_of(gen.denoiser.model)["lora"] is not None:
+        entry.update(t_start=gen.t_start, times=gen.times, stochastic=gen.stochastic,
+                     nfe=len(gen.times) if gen.times else 1)
+        return _save_adapter(folder, gen.denoiser, distiller.teacher, entry, extra,
+                             teacher_folder)
     if isinstance(gen, DenoiserGenerator) and _saveable(gen.denoiser):
         entry.update(format="denoiser", t_start=gen.t_start, times=gen.times,
                      stochastic=gen.stochastic, nfe=len(gen.times) if gen.times else 1)
@@ -202,9 +217,90 @@ def save_student(folder, distiller, *, extra: dict | None = None) -> dict:
     return entry
 
 
-def load_student(folder):
+def _save_adapter(folder: FilePath, student: Denoiser, teacher: Denoiser, entry: dict,
+                  extra: dict | None, teacher_folder) -> dict:
+    """The "adapter" format: the student's own weights, its recipe and the teacher's hash."""
+    from .distill.students import adapted_network, recipe_of, weights_sha256
+
+    recipe = recipe_of(student.model)
+    lora = recipe["lora"]
+    skeleton, own = adapted_network(teacher.model, lora_rank=lora["rank"],
+                                    lora_alpha=lora["alpha"], lora_layers=lora["layers"],
+                                    guidance=recipe["guidance"])
+    state = student.model.state_dict()
+    base = skeleton.state_dict()
+    if state.keys() != base.keys():
+        raise ValueError("the LoRA student's network is not the teacher's network with adaptors")
+    changed = [k for k in base if k not in own and not torch.equal(state[k].cpu(), base[k].cpu())]
+    if changed:
+        raise ValueError(f"the LoRA student changed teacher weights ({changed[:3]}); only its "
+                         "adaptors can be saved apart from the teacher")
+    if teacher_folder is None:
+        save_model(folder / "teacher", teacher, kind="teacher")
+        teacher_folder = folder / "teacher"
+    teacher_folder = FilePath(teacher_folder)
+    if not (teacher_folder / "model.json").is_file():
+        raise ValueError(f"{teacher_folder} holds no saved teacher (model.json) for the LoRA "
+                         "student to refer to")
+    digest = weights_sha256(teacher.model)
+    if weights_sha256(load_model(teacher_folder, kind="teacher")[0].model) != digest:
+        raise ValueError(f"{teacher_folder} holds another teacher than the one the LoRA student "
+                         "was distilled from")
+    entry.update(format="adapter", adapter=recipe, teacher={
+        "folder": os.path.relpath(teacher_folder.resolve(), folder.resolve()), "sha256": digest})
+    weights = {k: state[k].detach().cpu().contiguous() for k in sorted(own)}
+    for stale in ("model.safetensors", "generator.safetensors"):
+        (folder / stale).unlink(missing_ok=True)
+    _atomic_write(folder / "adapter.safetensors", lambda p: save_file(weights, p))
+    net = teacher.model
+    info = {"format": FORMAT, "kind": "student",
+            "network": {"name": network_name(net), "config": net.config},
+            "path": teacher.path.config, "prediction": teacher.prediction,
+            "time_input": teacher.time_input, "null_cond": teacher.null_cond,
+            "extra": extra or {}, "student": entry}
+    _atomic_write(folder / "model.json",
+                  lambda p: FilePath(p).write_text(json.dumps(info, indent=1)))
+    return entry
+
+
+def _load_adapter(folder: FilePath, info: dict, teacher) -> Denoiser:
+    """The Denoiser of an "adapter" student: the teacher (from `teacher` or the saved folder
+    reference), checked against the saved hash, rebuilt by the recipe, plus the saved weights."""
+    from .distill.students import adapted_network, weights_sha256
+
+    entry = info["student"]
+    ref = entry["teacher"]
+    tfolder = FilePath(teacher) if teacher is not None else folder / ref["folder"]
+    if not (tfolder / "model.json").is_file():
+        raise CheckpointError(f"{folder} is a LoRA student of the teacher in {tfolder}, which "
+                              "holds no saved model; pass the teacher's folder (teacher=...)")
+    tden, _ = load_model(tfolder, kind="teacher")
+    found = weights_sha256(tden.model)
+    if found != ref["sha256"]:
+        raise CheckpointError(f"the teacher in {tfolder} (weights sha256 {found[:12]}) is not the "
+                              f"one {folder} was distilled from (sha256 {ref['sha256'][:12]}): a "
+                              "LoRA student needs its own teacher's weights")
+    lora, recipe = entry["adapter"]["lora"], entry["adapter"]
+    net, own = adapted_network(tden.model, lora_rank=lora["rank"], lora_alpha=lora["alpha"],
+                               lora_layers=lora["layers"], guidance=recipe["guidance"])
+    file = folder / "adapter.safetensors"
+    state = read_weights(file, {"modules": ["adapter"]})
+    expected = net.state_dict()
+    if set(state) != set(own) or any(state[k].shape != expected[k].shape for k in own):
+        raise CheckpointError(f"{file} does not hold the LoRA student's weights (expected "
+                              f"{len(own)} tensors such as {sorted(own)[:2]}, found "
+                              f"{sorted(state)[:2]})")
+    with torch.no_grad():
+        net.load_state_dict(state, strict=False)
+    net.eval().requires_grad_(False)
+    return Denoiser(net, tden.path, prediction=tden.prediction, time_input=tden.time_input,
+                    null_cond=tden.null_cond)
+
+
+def load_student(folder, *, teacher=None):
     """(Generator, info) from a folder written by `save_student`; `info["student"]` has the
-    method, its config and its natural NFE. A teacher or a non-model folder: CheckpointError."""
+    method, its config and its natural NFE. A teacher or a non-model folder: CheckpointError.
+    `teacher`: the teacher folder of a LoRA student (default: the one it was saved with)."""
     from .distill import get_method
     from .distill.base import DenoiserGenerator
 
@@ -217,6 +313,11 @@ def load_student(folder):
     fmt = entry.get("format")
     if fmt == "denoiser":
         den, info = load_model(folder)
+        gen = DenoiserGenerator(den, t_start=entry["t_start"], times=entry.get("times"),
+                                stochastic=entry["stochastic"])
+        return gen.eval(), info
+    if fmt == "adapter":
+        den = _load_adapter(folder, info, teacher)
         gen = DenoiserGenerator(den, t_start=entry["t_start"], times=entry.get("times"),
                                 stochastic=entry["stochastic"])
         return gen.eval(), info

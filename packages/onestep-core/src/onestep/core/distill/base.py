@@ -85,13 +85,28 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return m
 
 
-def student_from_teacher(teacher: Denoiser, network: nn.Module | None = None) -> Denoiser:
+def student_from_teacher(teacher: Denoiser, network: nn.Module | None = None, *,
+                         lora_rank: int | None = None, guidance: dict | None = None) -> Denoiser:
     """A trainable Denoiser on the teacher's path and parameterization, initialised from the
-    teacher's weights (or around `network`, e.g. a smaller one)."""
-    net = copy.deepcopy(teacher.model) if network is None else network
+    teacher's weights (or around `network`, e.g. a smaller one).
+
+    lora_rank: the student is LoRA adaptors of that rank on the frozen teacher network (only the
+        adaptors train; `distill.students`). guidance: the network also takes the guidance scale w
+        (`nn.guidance.GuidanceConditioned` with these dim/scale settings, {} for the defaults)."""
+    if lora_rank or guidance is not None:
+        from .students import adapted_network
+
+        if lora_rank and network is not None:
+            raise ValueError("a LoRA student adapts the teacher's own network; it cannot also "
+                             "take a student network")
+        net, own = adapted_network(teacher.model if network is None else network,
+                                   lora_rank=lora_rank, guidance=guidance)
+        trainable = set(own) if lora_rank else None
+    else:
+        net, trainable = copy.deepcopy(teacher.model) if network is None else network, None
     net.train()
-    for p in net.parameters():
-        p.requires_grad_(True)
+    for name, p in net.named_parameters():
+        p.requires_grad_(trainable is None or name in trainable)
     return Denoiser(net, teacher.path, prediction=teacher.prediction,
                     time_input=teacher.time_input, null_cond=teacher.null_cond)
 

@@ -144,7 +144,8 @@ class FeatureHook:
 
 def default_layers(module: nn.Module) -> list[str]:
     """A default feature layer: the middle block of a `blocks` ModuleList (MLP, DiT), else the
-    UNet's second middle layer `mid2`. Pass names explicitly for anything else."""
+    UNet's second middle layer `mid2`, looked for inside a wrapper's `net` (EDMPrecond). Pass
+    names explicitly for anything else."""
     names = dict(module.named_modules())
     blocks = getattr(module, "blocks", None)
     if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
@@ -152,6 +153,9 @@ def default_layers(module: nn.Module) -> list[str]:
         return [f"{prefix}.{len(blocks) // 2}"]
     if "mid2" in names:
         return ["mid2"]
+    inner = getattr(module, "net", None)
+    if isinstance(inner, nn.Module):  # a wrapper: EDMPrecond, GuidanceConditioned
+        return [f"net.{name}" for name in default_layers(inner)]
     raise ValueError(
         f"cannot choose a default feature layer in {type(module).__name__}; pass "
         "layer names (see dict(net.named_modules()))"

@@ -38,6 +38,7 @@ from .base import (
     student_from_teacher,
 )
 from .dispersive import FeatureHook, default_layers
+from .guidance import GuidedTeacher, check_guidance_range, draw_guidance
 
 __all__ = [
     "DMDConfig",
@@ -244,6 +245,15 @@ class DMDConfig:
     eps error by 1/alpha there; start lower (e.g. 0.75, alpha ~ 0.07 as at Stable Diffusion's
     last step; DMD2's one-step SDXL generator takes pure noise at timestep 399) with a smaller
     lr."""
+    guidance_range: tuple[float, float] | None = None
+    """A guidance-conditioned student (Meng et al. 2023, Sec. 4.1): each example draws w ~
+    U[w_min, w_max], the real score is guided with that w, and the student and the fake score
+    take w as an input, so one network samples at any w in the range (condition {"cond": c,
+    "guidance": w}; `onestep-image sample --guidance w`). None: one scale, `guidance`."""
+    student_lora_rank: int | None = None
+    """The student as LoRA adaptors of this rank on the frozen teacher network (Hu et al. 2021;
+    only the adaptors train, and a saved student holds only them and the teacher's weight hash).
+    None: the whole network trains."""
     ema_decay: float | None = None
     """EMA of the generator's weights used by `generator()`; None: the raw weights."""
     grad_clip: float = 10.0
@@ -268,6 +278,7 @@ class DMDConfig:
         if not 0.0 < self.t_start <= 1.0:
             raise ValueError(f"DMDConfig.t_start must be in (0, 1], got {self.t_start}")
         _check_ema(self.ema_decay)
+        _check_student(self)
 
     @classmethod
     def toy_defaults(cls, teacher=None, **overrides) -> DMDConfig:
@@ -303,9 +314,9 @@ class DMDDistiller(Distiller):
         config = DMDConfig() if config is None else config
         super().__init__(teacher, config)
         c = config
-        self.real = teacher.with_guidance(c.guidance) if c.guidance != 1.0 else teacher
-        self.student = self.add_module("student", student_from_teacher(teacher, student_network))
-        self.fake = self.add_module("fake", student_from_teacher(teacher))
+        self.real = real_score(teacher, c)
+        self.student = self.add_module("student", dm_student(teacher, c, student_network))
+        self.fake = self.add_module("fake", dm_fake(teacher, c))
         self.add_optimizer("student", self.student.parameters(), lr=c.lr, betas=c.betas)
         self.add_optimizer("fake", self.fake.parameters(), lr=c.fake_lr, betas=c.betas)
         self.ema = self.add_ema("student", self.student, c.ema_decay) if c.ema_decay else None
@@ -345,6 +356,9 @@ class DMDDistiller(Distiller):
         c = self.config
         x_data, cond = split_batch(batch)
         b = x_data.shape[0]
+        if c.guidance_range is not None:  # w ~ U[w_min, w_max] per example
+            cond = draw_guidance(cond, b, c.guidance_range, generator=generator,
+                                 device=x_data.device)
         self.student.train()
         self.fake.train()
         z = self.noise_like(x_data, generator)
@@ -445,6 +459,15 @@ class DMD2Config:
     guidance: float = 1.0
     """Classifier-free guidance of the real score (paper code: 8 for SDXL, 1.75 for SD v1.5,
     none for class-conditional ImageNet)."""
+    guidance_range: tuple[float, float] | None = None
+    """A guidance-conditioned student (Meng et al. 2023, Sec. 4.1): each example draws w ~
+    U[w_min, w_max], the real score is guided with that w, and the student and the fake score
+    take w as an input, so one network samples at any w in the range (condition {"cond": c,
+    "guidance": w}; `onestep-image sample --guidance w`). None: one scale, `guidance`."""
+    student_lora_rank: int | None = None
+    """The student as LoRA adaptors of this rank on the frozen teacher network (Hu et al. 2021;
+    only the adaptors train, and a saved student holds only them and the teacher's weight hash).
+    None: the whole network trains."""
     ema_decay: float | None = None
     """EMA of the generator's weights used by `generator()`; None: the raw weights."""
     lr_decay_steps: int | None = None
@@ -469,6 +492,7 @@ class DMD2Config:
         if self.guidance < 0:
             raise ValueError(f"DMD2Config.guidance must be >= 0, got {self.guidance}")
         _check_ema(self.ema_decay)
+        _check_student(self)
 
     @classmethod
     def toy_defaults(cls, teacher=None, **overrides) -> DMD2Config:
@@ -505,9 +529,9 @@ class DMD2Distiller(Distiller):
         config = DMD2Config() if config is None else config
         super().__init__(teacher, config)
         c = config
-        self.real = teacher.with_guidance(c.guidance) if c.guidance != 1.0 else teacher
-        self.student = self.add_module("student", student_from_teacher(teacher, student_network))
-        self.fake = self.add_module("fake", student_from_teacher(teacher))
+        self.real = real_score(teacher, c)
+        self.student = self.add_module("student", dm_student(teacher, c, student_network))
+        self.fake = self.add_module("fake", dm_fake(teacher, c))
         self.use_gan = c.gan_weight > 0 or c.disc_weight > 0
         fake_params = list(self.fake.parameters())
         if self.use_gan:
@@ -568,6 +592,9 @@ class DMD2Distiller(Distiller):
     def step(self, batch, *, step: int, generator: torch.Generator) -> dict[str, float]:
         c = self.config
         x_data, cond = split_batch(batch)
+        if c.guidance_range is not None:  # w ~ U[w_min, w_max] per example
+            cond = draw_guidance(cond, x_data.shape[0], c.guidance_range, generator=generator,
+                                 device=x_data.device)
         self.student.train()
         self.fake.train()
         logs: dict[str, float] = {}
@@ -641,6 +668,40 @@ def _check_t_range(t_min: float, t_max: float) -> None:
 def _check_ema(decay) -> None:
     if decay is not None and not 0.0 <= decay < 1.0:
         raise ValueError(f"ema_decay must be None or in [0, 1), got {decay}")
+
+
+def _check_student(config) -> None:
+    """The guidance-conditioned and LoRA student fields of the DMD family's configs."""
+    name = type(config).__name__
+    check_guidance_range(config.guidance_range, f"{name}.guidance_range")
+    if config.guidance_range is not None and config.guidance != 1.0:
+        raise ValueError(f"{name}: set guidance (one scale) or guidance_range (a student for "
+                         "every scale in it), not both")
+    rank = config.student_lora_rank
+    if rank is not None and not (isinstance(rank, int) and rank >= 1):
+        raise ValueError(f"{name}.student_lora_rank must be None or a positive integer, got "
+                         f"{rank!r}")
+
+
+def real_score(teacher: Denoiser, config) -> Denoiser:
+    """The teacher as the DMD family's real score: guided per example for a guidance-conditioned
+    student, else at the config's one scale."""
+    if config.guidance_range is not None:
+        return GuidedTeacher(teacher)
+    return teacher.with_guidance(config.guidance) if config.guidance != 1.0 else teacher
+
+
+def dm_student(teacher: Denoiser, config, network: nn.Module | None = None) -> Denoiser:
+    """The DMD family's student (LoRA and/or guidance-conditioned as the config says)."""
+    return student_from_teacher(teacher, network, lora_rank=config.student_lora_rank,
+                                guidance={} if config.guidance_range is not None else None)
+
+
+def dm_fake(teacher: Denoiser, config) -> Denoiser:
+    """The fake score: a full copy of the teacher, taking w as well when the student does (the
+    student's distribution, which it models, depends on w)."""
+    return student_from_teacher(
+        teacher, guidance={} if config.guidance_range is not None else None)
 
 
 def _check_times(times, name: str) -> None:

@@ -52,11 +52,11 @@ class TimeEmbed(nn.Module):
         self.out_dim = hidden
 
     def forward(self, t: Tensor | float, batch: int | None = None) -> Tensor:
-        device = self.mlp[0].weight.device
+        weight = next(self.mlp.parameters())  # not mlp[0].weight: a LoRA wrapper has none
         if batch is None:
             batch = torch.as_tensor(t).numel()
-        emb = self.sinusoid(broadcast_time(t, batch, device))
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        emb = self.sinusoid(broadcast_time(t, batch, weight.device))
+        return self.mlp(emb.to(weight.dtype))
 
 
 class CondEmbed(nn.Module):
@@ -138,7 +138,7 @@ class CondEmbed(nn.Module):
                 labels = torch.full((batch,), self.num_classes, device=weight.device)
             emb = self.class_embed(labels.to(weight.device))
         if self.vector_embed is not None:
-            weight = self.vector_embed[0].weight
+            weight = next(self.vector_embed.parameters())
             if vector is None:  # null vector
                 vector = torch.zeros(batch, self.cond_dim, device=weight.device)
             v = self.vector_embed(vector.to(weight))
