@@ -134,7 +134,8 @@ class SampleArgs:
     """Teachers only: a schedule name (karras, logsnr, uniform, ...) or a schedule JSON file
     from search-schedule (default karras)."""
     guidance: float = 1.0
-    """Teachers only: classifier-free guidance scale (1: none)."""
+    """Classifier-free guidance scale w (1: none), for teachers and for students distilled with
+    `--set guidance_range=LO,HI` (one network for every w)."""
     labels: str = "balanced"
     """Class labels of a conditional model: "balanced" (0, 1, ..., one class per grid column),
     a comma-separated list repeated to --n, or "none" (the null class)."""

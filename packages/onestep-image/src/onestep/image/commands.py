@@ -265,12 +265,22 @@ def draw(kind: str, model, info: dict, n: int, *, nfe: int = 0, solver: str = ""
             return solve(den, z, nfe=nfe, solver=solver or "heun", schedule=schedule or "karras",
                          cond=c)
     else:
-        if solver or schedule or guidance != 1.0:
-            raise ValueError("--solver, --schedule and --guidance apply to teachers; a student "
-                             "samples with its own generator (only --nfe)")
+        from onestep.core.distill.guidance import is_guidance_conditioned
+
+        w_input = is_guidance_conditioned(model)  # a student for every guidance scale w
+        if solver or schedule or (guidance != 1.0 and not w_input):
+            raise ValueError("--solver, --schedule and --guidance apply to teachers and "
+                             "guidance-conditioned students; this student samples with its own "
+                             "generator (only --nfe)")
+        if w_input:
+            _note_guidance_range(info, guidance)
         nfe = nfe or info["student"]["nfe"]
 
         def one(z, c):
+            if w_input and c is not None:
+                from onestep.core.nn.guidance import with_guidance_cond
+
+                c = with_guidance_cond(c, guidance, len(c))
             return model.generate(z, c, nfe=nfe, generator=g)
     out = []
     t0 = time.perf_counter()
@@ -279,6 +289,14 @@ def draw(kind: str, model, info: dict, n: int, *, nfe: int = 0, solver: str = ""
             c = None if labels is None else labels[i:i + batch]
             out.append(one(noise[i:i + batch], c))
     return torch.cat(out), time.perf_counter() - t0, nfe
+
+
+def _note_guidance_range(info: dict, w: float) -> None:
+    """A line on stderr when a guidance-conditioned student is asked for a w it never saw."""
+    lo, hi = (info["student"].get("config") or {}).get("guidance_range") or (w, w)
+    if not lo <= w <= hi:
+        print(f"note: --guidance {w} is outside the range [{lo}, {hi}] this student was "
+              "distilled for; it extrapolates", file=sys.stderr)
 
 
 def sample(args: SampleArgs | None = None, **kwargs) -> dict:
@@ -389,7 +407,9 @@ def distill(args: DistillArgs | None = None, **kwargs) -> dict:
     extra = {"teacher": {k_: tinfo[k_] for k_ in tinfo if k_ != "student"}, "steps": result["step"],
              "data": data_name, "image_shape": list(shape), "num_classes": k,
              "class_names": textra.get("class_names", [])}
-    entry = save_student(out, result["task"], extra=extra)
+    # a LoRA student refers to its onestep teacher folder (a diffusers one is copied beside it)
+    own_teacher = None if is_diffusers_folder(folder) else folder
+    entry = save_student(out, result["task"], extra=extra, teacher_folder=own_teacher)
     print(f"{args.method} student ({entry['nfe']}-step) trained to step {result['step']} in "
           f"{result['seconds']:.1f} s{loss_summary(result['records'])}; saved to {out}")
     return {"out": str(out), "seconds": result["seconds"], "records": result["records"],
