@@ -91,6 +91,29 @@ def test_torchscript_and_onnx_of_a_deterministic_two_step_dit(tmp_path):
         assert (run(noise[:2]) - ref[:2]).abs().max() < 1e-4, fmt
 
 
+def test_a_guidance_conditioned_student_takes_w_as_an_input(tmp_path):
+    """One file for every guidance scale: w is the third input (a number or one per sample)."""
+    from onestep.core.nn.guidance import GuidanceConditioned, with_guidance_cond
+
+    den = _edm_unet()
+    net = GuidanceConditioned(den.model)
+    torch.nn.init.normal_(net.embed.mlp[2].weight, std=0.1)  # w reaches the output
+    den = Denoiser(net.eval(), den.path, prediction="x0", time_input="sigma", null_cond=10)
+    gen = DenoiserGenerator(den).eval()
+    info = export_generator(gen, tmp_path / "s.onnx", format="onnx", sample_shape=SHAPE,
+                            num_classes=10)
+    assert info["inputs"] == ["noise", "labels", "guidance"]
+    run = load_exported(tmp_path / "s.onnx")
+    noise, labels = _inputs(5, seed=2)
+    for w in (1.0, 3.0):
+        with torch.no_grad():
+            ref = gen.generate(noise, with_guidance_cond(labels, w, 5))
+        assert (run(noise, labels, w) - ref).abs().max() < 1e-4
+    assert (run(noise, labels, 1.0) - run(noise, labels, 3.0)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="takes guidance"):
+        run(noise, labels)
+
+
 def test_stochastic_multistep_student_is_refused(tmp_path):
     gen = DenoiserGenerator(_edm_unet(), stochastic=True)
     with pytest.raises(ExportError, match="fresh noise at each of its 2 steps"):

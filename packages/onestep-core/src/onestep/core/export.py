@@ -1,6 +1,7 @@
 """Deployment of distilled students: a student at a fixed NFE as one file that maps (noise,
 class labels) to samples, for ONNX (run by onnxruntime) or TorchScript, plus torch.compile and a
-timing of the four ways to run it.
+timing of the four ways to run it. A guidance-conditioned student (w as an input of the network,
+`nn.guidance`) takes w as a third input, so one file serves every guidance scale.
 
     info = export_student("runs/student", "student.onnx", format="onnx")
     run = load_exported("student.onnx")           # onnxruntime, CPU
@@ -33,6 +34,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path as FilePath
 
 import torch
@@ -74,35 +76,64 @@ def _check_format(format: str) -> None:
 
 
 class Sampler(nn.Module):
-    """A Generator at a fixed NFE as a pure function: forward(noise (B, *shape), labels (B,)
-    int64) -> samples (B, *shape). `conditional=False`: forward(noise) alone."""
+    """A Generator at a fixed NFE as a pure function of its inputs `names`:
+    forward(noise (B, *shape)[, labels (B,) int64][, guidance (B,) float32]) -> samples
+    (B, *shape); labels when `conditional`, the guidance scale w when the student takes it as
+    an input (a guidance-conditioned student, `nn.guidance`)."""
 
-    def __init__(self, generator: Generator, nfe: int, conditional: bool):
+    def __init__(self, generator: Generator, nfe: int, conditional: bool,
+                 guided: bool = False):
         super().__init__()
         self.generator = generator
         self.nfe = int(nfe)
         self.conditional = conditional
+        self.guided = guided
+        self.names = ["noise", *(["labels"] if conditional else []),
+                      *(["guidance"] if guided else [])]
 
-    def forward(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.generator.generate(noise, labels if self.conditional else None, nfe=self.nfe)
+    def condition(self, noise: Tensor, *rest: Tensor):
+        """The generator's cond from the inputs after the noise."""
+        labels = rest[0] if self.conditional else None
+        if not self.guided:
+            return labels
+        from .nn.guidance import with_guidance_cond
+
+        return with_guidance_cond(labels, rest[-1], noise.shape[0])
+
+    def forward(self, noise: Tensor, *rest: Tensor) -> Tensor:
+        return self.generator.generate(noise, self.condition(noise, *rest), nfe=self.nfe)
 
 
-def _inputs(batch: int, shape, num_classes: int, seed: int) -> tuple[Tensor, ...]:
+def _sampler(generator: Generator, nfe: int, num_classes: int) -> Sampler:
+    from .nn.guidance import GuidanceConditioned
+
+    guided = any(isinstance(m, GuidanceConditioned) for m in generator.modules())
+    sampler = Sampler(copy.deepcopy(generator).cpu().eval(), nfe, num_classes > 0, guided).eval()
+    for p in sampler.parameters():
+        p.requires_grad_(False)
+    return sampler
+
+
+def _inputs(sampler: Sampler, batch: int, shape, num_classes: int,
+            seed: int) -> tuple[Tensor, ...]:
+    """Seeded example inputs: noise, labels in 0..num_classes-1, w in [1, 4]."""
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(batch, *shape, generator=g)
-    if not num_classes:
-        return (noise,)
-    return noise, torch.randint(num_classes, (batch,), generator=g)
+    values = {"noise": torch.randn(batch, *shape, generator=g)}
+    if sampler.conditional:
+        values["labels"] = torch.randint(num_classes, (batch,), generator=g)
+    if sampler.guided:
+        values["guidance"] = 1.0 + 3.0 * torch.rand(batch, generator=g)
+    return tuple(values[name] for name in sampler.names)
 
 
 def check_deterministic(sampler: Sampler, inputs: tuple[Tensor, ...]) -> None:
     """ExportError when the sampler's output depends on its random generator, not only on
-    (noise, labels): a student that draws fresh noise at each step."""
-    noise, cond = inputs[0], (inputs[1] if len(inputs) > 1 else None)
-    gen = sampler.generator
+    its inputs: a student that draws fresh noise at each step."""
+    cond = sampler.condition(*inputs)
     with torch.no_grad():
-        a, b = (gen.generate(noise, cond if sampler.conditional else None, nfe=sampler.nfe,
-                             generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+        a, b = (sampler.generator.generate(inputs[0], cond, nfe=sampler.nfe,
+                                           generator=torch.Generator().manual_seed(s))
+                for s in (1, 2))
     if not torch.equal(a, b):
         raise ExportError(
             f"this student draws fresh noise at each of its {sampler.nfe} steps, so it is not a "
@@ -115,10 +146,13 @@ def _max_error(ours: Tensor, ref: Tensor) -> float:
 
 
 def export_generator(generator: Generator, out, *, format: str, sample_shape, num_classes: int = 0,
-                     nfe: int = 1, method: str = "", batch: int = 4, atol: float = 1e-4) -> dict:
+                     nfe: int = 1, method: str = "", batch: int = 4, atol: float = 1e-4,
+                     extra: dict | None = None) -> dict:
     """Write `generator` at `nfe` steps to `out` as ONNX or TorchScript (atomically: a temporary
     file, then a rename) and return the description stored in it. sample_shape: one sample's
-    shape, e.g. (C, H, W); num_classes > 0: the second input is int64 class labels (B,).
+    shape, e.g. (C, H, W); num_classes > 0: the second input is int64 class labels (B,); a
+    guidance-conditioned student takes w, float32 (B,), as its last input. `extra`: more entries
+    for the stored description.
     The written file is checked against the eager generator at `batch` and `batch + 3` samples
     (max |difference| <= atol, relative to the samples' scale)."""
     _check_format(format)
@@ -128,15 +162,13 @@ def export_generator(generator: Generator, out, *, format: str, sample_shape, nu
     if nfe < 1:
         raise ExportError(f"nfe must be at least 1, got {nfe}")
     shape = tuple(int(s) for s in sample_shape)
-    sampler = Sampler(copy.deepcopy(generator).cpu().eval(), nfe, num_classes > 0).eval()
-    for p in sampler.parameters():
-        p.requires_grad_(False)
-    example = _inputs(batch, shape, num_classes, seed=0)
+    sampler = _sampler(generator, nfe, num_classes)
+    example = _inputs(sampler, batch, shape, num_classes, seed=0)
     check_deterministic(sampler, example)
-    names = ["noise", "labels"][:len(example)]
+    names = sampler.names
     info = {"version": INFO_VERSION, "format": format, "inputs": names, "output": "samples",
             "sample_shape": list(shape), "num_classes": int(num_classes), "nfe": nfe,
-            "method": method, "labels": "int64 class indices (B,)" if num_classes else None}
+            "method": method, **(extra or {})}
     out = FilePath(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # tracer warnings: the check below is what counts
@@ -173,10 +205,10 @@ def _check_file(out: FilePath, sampler: Sampler, shape, num_classes: int, batch:
     """Remove `out` and raise ExportError unless it reproduces `sampler` at two batch sizes."""
     run = load_exported(out)
     for n, seed in ((batch, 1), (batch + 3, 2)):
-        inputs = _inputs(n, shape, num_classes, seed)
+        inputs = _inputs(sampler, n, shape, num_classes, seed)
         with torch.no_grad():
             ref = sampler(*inputs)
-        err = _max_error(run(*inputs), ref)
+        err = _max_error(run(**dict(zip(sampler.names, inputs, strict=True))), ref)
         if not err <= atol:
             out.unlink(missing_ok=True)
             raise ExportError(f"the exported {run.info['format']} student differs from the "
@@ -197,15 +229,30 @@ def export_student(folder, out, *, format: str, nfe: int = 0, sample_shape=None,
         raise ExportError(f"{FilePath(folder) / 'model.json'} records no sample shape "
                           "(extra.image_shape); pass sample_shape")
     entry = info["student"]
+    w_range = (entry.get("config") or {}).get("guidance_range")
     return export_generator(gen, out, format=format, sample_shape=shape,
                             num_classes=int(extra.get("num_classes") or 0),
                             nfe=nfe or int(entry.get("nfe") or 1), method=entry.get("method", ""),
-                            atol=atol)
+                            atol=atol, extra={"guidance_range": w_range} if w_range else None)
 
 
 # -- running exported files --------------------------------------------------------------------
+def _feed(info: dict, noise: Tensor, labels, guidance) -> dict[str, Tensor]:
+    """The named inputs of an exported student (w may be a number: one for every sample)."""
+    feed = {"noise": noise.detach().cpu().float()}
+    for name, value in (("labels", labels), ("guidance", guidance)):
+        if name in info["inputs"]:
+            if value is None:
+                raise ValueError(f"this exported student takes {name}: pass {name}=")
+            value = torch.as_tensor(value).detach().cpu()
+            feed[name] = value.long() if name == "labels" else \
+                value.float().reshape(-1).expand(noise.shape[0]).contiguous()
+    return feed
+
+
 class _OnnxRunner:
-    """An ONNX student on onnxruntime's CPU provider: run(noise, labels=None) -> samples."""
+    """An ONNX student on onnxruntime's CPU provider:
+    run(noise, labels=None, guidance=None) -> samples."""
 
     def __init__(self, file: FilePath, threads: int = 0):
         ort = _require("onnxruntime")
@@ -217,12 +264,8 @@ class _OnnxRunner:
                                             providers=["CPUExecutionProvider"])
         self.info = read_export_info(file)
 
-    def __call__(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        feed = {"noise": noise.detach().cpu().float().numpy()}
-        if "labels" in self.info["inputs"]:
-            if labels is None:
-                raise ValueError("this exported student is class-conditional: pass labels")
-            feed["labels"] = labels.detach().cpu().long().numpy()
+    def __call__(self, noise: Tensor, labels=None, guidance=None) -> Tensor:
+        feed = {k: v.numpy() for k, v in _feed(self.info, noise, labels, guidance).items()}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
@@ -233,13 +276,9 @@ class _TorchScriptRunner:
             self.module = torch.jit.load(str(file), map_location="cpu")
         self.info = read_export_info(file)
 
-    def __call__(self, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+    def __call__(self, noise: Tensor, labels=None, guidance=None) -> Tensor:
         with torch.no_grad():
-            if "labels" in self.info["inputs"]:
-                if labels is None:
-                    raise ValueError("this exported student is class-conditional: pass labels")
-                return self.module(noise, labels.long())
-            return self.module(noise)
+            return self.module(*_feed(self.info, noise, labels, guidance).values())
 
 
 def read_export_info(file) -> dict:
@@ -264,9 +303,9 @@ def read_export_info(file) -> dict:
 
 
 def load_exported(file, *, threads: int = 0) -> Callable[..., Tensor]:
-    """A callable `run(noise, labels=None) -> samples` for an exported student (ONNX through
-    onnxruntime on the CPU, with `threads` intra-op threads, 0: its default; TorchScript through
-    torch.jit.load); `run.info` is its description."""
+    """A callable `run(noise, labels=None, guidance=None) -> samples` for an exported student
+    (ONNX through onnxruntime on the CPU, with `threads` intra-op threads, 0: its default;
+    TorchScript through torch.jit.load); `run.info` is its description."""
     fmt = read_export_info(file)["format"]
     return _OnnxRunner(FilePath(file), threads) if fmt == "onnx" else \
         _TorchScriptRunner(FilePath(file))
@@ -297,13 +336,14 @@ def compile_module(fn, *, device: str = "cpu"):
 
 # -- timing ------------------------------------------------------------------------------------
 def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -319,8 +359,8 @@ def time_backends(generator: Generator, *, sample_shape, num_classes: int = 0, n
     if unknown:
         raise ValueError(f"unknown backends {unknown}; use some of {list(BACKENDS)}")
     shape = tuple(int(s) for s in sample_shape)
-    sampler = Sampler(copy.deepcopy(generator).cpu().eval(), nfe, num_classes > 0).eval()
-    inputs = _inputs(batch, shape, num_classes, seed=0)
+    sampler = _sampler(generator, nfe, num_classes)
+    inputs = _inputs(sampler, batch, shape, num_classes, seed=0)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in backends:
@@ -330,12 +370,10 @@ def time_backends(generator: Generator, *, sample_shape, num_classes: int = 0, n
                                  num_classes=num_classes, nfe=nfe)
                 run = load_exported(file, threads=threads or torch.get_num_threads()) \
                     if name == "onnx" else load_exported(file)
+                named = dict(zip(sampler.names, inputs, strict=True))
+                call = partial(run, **named)
             else:
-                run = compile_module(sampler) if name == "compile" else sampler
-
-            def call(run=run):
-                with torch.no_grad():
-                    return run(*inputs)
+                call = partial(compile_module(sampler) if name == "compile" else sampler, *inputs)
 
             result[name] = _median_seconds(call, repeats, warmup) / batch
     return result
