@@ -109,7 +109,7 @@ def test_vsd_fake_score_is_lora_on_the_teacher(teacher):
     d = get_method("vsd")[1](teacher, image_defaults("vsd", teacher))
     assert image_defaults("vsd", teacher).fake == "lora"
     wrapped = [m for m in d.fake.model.modules() if isinstance(m, LoRALayer)]
-    assert len(wrapped) > 10
+    assert len(wrapped) > 10 and {m.rank for m in wrapped} == {64}  # toy: 16
     trainable = {id(p) for p in d.fake.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in lora_parameters(d.fake.model)}
     x = torch.randn(4, 1, 8, 8)
