@@ -130,10 +130,10 @@ def test_distill_resume_across_a_phase_is_exact(files, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_methods_lists_all_17(capsys):
+def test_methods_lists_all_18(capsys):
     _run("methods")
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(METHODS) == 17
+    assert len(lines) == len(METHODS) == 18
     assert [ln.split()[0] for ln in lines] == list(METHODS)
     _run("methods", "--method", "dmd", "--set", "lr=1e-3 betas=0.5,0.9 ema_decay=none")
     shown = json.loads(capsys.readouterr().out)

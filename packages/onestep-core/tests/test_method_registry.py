@@ -12,7 +12,7 @@ from onestep.core.method_registry import REGISTRY, describe
 
 
 def test_registry_equals_the_live_methods():
-    assert list(REGISTRY) == list(METHODS) and len(REGISTRY) == 17
+    assert list(REGISTRY) == list(METHODS) and len(REGISTRY) == 18
     for name, info in REGISTRY.items():
         module = importlib.import_module(f"onestep.core.distill.{info.module}")
         config_class = getattr(module, info.config)

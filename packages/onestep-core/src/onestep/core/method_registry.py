@@ -92,6 +92,10 @@ REGISTRY: dict[str, MethodInfo] = {
         "msd", "MSDConfig", "MSDDistiller", 3000, False,
         "multi-student distillation: K one-step students, each distilled by distribution "
         "matching on its part of the class or noise space (MSD, Song et al. 2024)"),
+    "hipa": MethodInfo(
+        "hipa", "HiPAConfig", "HiPADistiller", 1500, False,
+        "LoRA on the frozen teacher so that one step reproduces its multi-step sample, with a "
+        "high-frequency promoted loss (HiPA, Zhang & Hooi 2023)"),
 }
 
 

@@ -14,6 +14,7 @@ from . import (
     disback,
     dmd,
     fdistill,
+    hipa,
     meanflow,
     msd,
     phased_dmd,
@@ -27,7 +28,7 @@ from .base import DenoiserGenerator, Distiller, Generator
 
 _MODULES = {m.__name__.rsplit(".", 1)[1]: m for m in (
     progressive, consistency, rectified, meanflow, tdm, dmd, phased_dmd, disback, vsd, fdistill,
-    sim, msd)}
+    sim, msd, hipa)}
 METHODS: dict[str, tuple] = {
     name: (*_MODULES[info.module].METHODS[name][:2], info.description)
     for name, info in REGISTRY.items()
@@ -50,7 +51,7 @@ def toy_config(name: str, teacher=None, **overrides):
 # Trainer steps a toy-scale run needs, for methods whose config does not fix them.
 _TOY_STEPS = {"cd": 3000, "segment_cd": 3000, "meanflow": 3000, "tdm": 2000, "dmd": 3000,
               "dmd2": 1000, "disback": 3000, "vsd": 3000, "fdistill": 3000, "sim": 3000,
-              "msd": 3000}
+              "msd": 3000, "hipa": 1500}
 
 
 def toy_steps(name: str, config) -> int:
