@@ -25,6 +25,7 @@ student's within `atol` (relative to the samples' scale) at two batch sizes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -45,6 +46,7 @@ from .io import _atomic_write, load_student
 
 __all__ = ["FORMATS", "BACKENDS", "ExportError", "MissingDependency", "Sampler", "export_generator",
            "export_student", "load_exported", "read_export_info", "compile_module",
+           "compile_networks",
            "time_backends"]
 
 FORMATS = ("onnx", "torchscript")
@@ -312,26 +314,70 @@ def load_exported(file, *, threads: int = 0) -> Callable[..., Tensor]:
 
 
 # -- torch.compile -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _compile_errors():
+    """A failed torch.compile compilation (raised when the compiled code first runs) as one
+    ValueError line."""
+    try:
+        yield
+    except Exception as e:
+        if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"torch.compile failed: {first}") from e
+
+
+class _Compiled(nn.Module):
+    """A torch.compile'd module that reports a failed compilation as one line."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(module)
+
+    def forward(self, *args, **kwargs):
+        with _compile_errors():
+            return self.compiled(*args, **kwargs)
+
+
 def compile_module(fn, *, device: str = "cpu"):
-    """torch.compile(fn) (inductor), with one-line errors: on the CPU inductor compiles C++
-    kernels, so a C++ compiler must be on PATH; a failed compilation is reported as a
-    ValueError when the compiled function first runs."""
+    """torch.compile(fn) (inductor) for a module (returned as a module, to put in its place) or a
+    function. On the CPU inductor compiles C++ kernels, so a C++ compiler must be on PATH; a
+    failed compilation is a ValueError when the compiled code first runs."""
     if device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         raise ValueError("torch.compile on the CPU needs a C++ compiler (g++ or clang++) on "
                          "PATH; install one or run without --compile")
+    if isinstance(fn, nn.Module):
+        return _Compiled(fn)
     compiled = torch.compile(fn)
 
     def run(*args, **kwargs):
-        try:
+        with _compile_errors():
             return compiled(*args, **kwargs)
-        except Exception as e:
-            if type(e).__module__.startswith("torch._dynamo") or \
-                    type(e).__module__.startswith("torch._inductor"):
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(f"torch.compile failed: {first}") from e
-            raise
 
     return run
+
+
+def compile_networks(model: nn.Module) -> nn.Module:
+    """Compile, in place, the network of every Denoiser in `model` (a teacher Denoiser, or a
+    student Generator: each of its networks is one graph, reused by every step, so a few-step
+    sampler compiles once per batch shape); returns `model`."""
+    from .denoiser import Denoiser
+
+    found = []
+
+    def visit(module: nn.Module) -> None:
+        if isinstance(module, Denoiser):  # its network holds any Denoiser nested in it
+            if not isinstance(module.model, _Compiled):
+                module.model = compile_module(module.model)
+            found.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    if not found:
+        raise ValueError(f"found no network to compile in {type(model).__name__}")
+    return model
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -373,7 +419,8 @@ def time_backends(generator: Generator, *, sample_shape, num_classes: int = 0, n
                 named = dict(zip(sampler.names, inputs, strict=True))
                 call = partial(run, **named)
             else:
-                call = partial(compile_module(sampler) if name == "compile" else sampler, *inputs)
+                call = partial(compile_networks(copy.deepcopy(sampler))
+                               if name == "compile" else sampler, *inputs)
 
             result[name] = _median_seconds(call, repeats, warmup) / batch
     return result

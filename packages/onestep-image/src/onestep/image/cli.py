@@ -141,10 +141,36 @@ class SampleArgs:
     a comma-separated list repeated to --n, or "none" (the null class)."""
     batch: int = 256
     """Images per network call."""
+    compile: bool = False
+    """torch.compile the teacher's or student's network before sampling; it compiles on the
+    first batch (on a CPU that needs a C++ compiler and can take a minute or more) and the
+    reported time per image excludes it."""
     seed: int = 0
     """Seed of the noise."""
     threads: int = 2
     progress: bool = True
+    dry_run: bool = False
+    """Print the resolved configuration and stop."""
+
+
+@dataclass(frozen=True)
+class ExportArgs:
+    """Export a one- or few-step student as one ONNX or TorchScript file: (noise, labels) -> images.
+
+    The file holds the student's whole sampling loop at --nfe steps, with a free batch size, and
+    describes itself (image shape, classes, NFE, method); before it is written its output is
+    checked against the student's. A student that draws fresh noise at each step is exported at
+    one step only. ONNX needs onestep-core's `export` extra (onnx, onnxruntime)."""
+
+    model: str = ""
+    """Folder of a student written by `onestep-image distill` (required)."""
+    format: str = "onnx"
+    """onnx (run it with onnxruntime) or torchscript (torch.jit.load)."""
+    out: str = ""
+    """The file to write, e.g. student.onnx (required)."""
+    nfe: int = 0
+    """Steps of the exported sampler; 0: the student's own."""
+    threads: int = 2
     dry_run: bool = False
     """Print the resolved configuration and stop."""
 
@@ -257,6 +283,7 @@ COMMANDS = {
     "demo": (DemoArgs, "onestep.image.commands:demo"),
     "train": (TrainArgs, "onestep.image.commands:train"),
     "sample": (SampleArgs, "onestep.image.commands:sample"),
+    "export": (ExportArgs, "onestep.image.commands:export"),
     "distill": (DistillArgs, "onestep.image.commands:distill"),
     "train-features": (TrainFeaturesArgs, "onestep.image.commands:train_features"),
     "eval": (EvalArgs, "onestep.image.commands:evaluate"),

@@ -1,5 +1,5 @@
 """The verbs of `onestep-image`, as Python functions of the same names (call them from a notebook
-with keyword arguments; the command line passes its flags): train, sample, distill,
+with keyword arguments; the command line passes its flags): train, sample, export, distill,
 train_features, evaluate, methods and demo. Each is built on core's run-a-training routine
 (`onestep.core.runner`), so run folders, resume and errors behave as in `onestep`.
 """
@@ -31,13 +31,15 @@ from .cli import (
     DemoArgs,
     DistillArgs,
     EvalArgs,
+    ExportArgs,
     MethodsArgs,
     SampleArgs,
     TrainArgs,
     TrainFeaturesArgs,
 )
 
-__all__ = ["demo", "distill", "evaluate", "methods", "sample", "train", "train_features"]
+__all__ = ["demo", "distill", "evaluate", "export", "methods", "sample", "train",
+           "train_features"]
 
 TEACHER_NFE = 35
 """NFE of `sample` on a teacher when --nfe is 0 (Heun on Karras steps, EDM's 18-step recipe)."""
@@ -248,8 +250,11 @@ def load_any(folder: str, flag: str = "--model"):
 
 def draw(kind: str, model, info: dict, n: int, *, nfe: int = 0, solver: str = "",
          schedule="", guidance: float = 1.0, labels: torch.Tensor | None = None, seed: int = 0,
-         batch: int = 256, progress: bool = False) -> tuple[torch.Tensor, float, int]:
-    """(images (n, C, H, W), seconds, nfe) from a teacher or student on seeded noise."""
+         batch: int = 256, progress: bool = False,
+         compile: bool = False) -> tuple[torch.Tensor, float, int]:
+    """(images (n, C, H, W), seconds, nfe) from a teacher or student on seeded noise.
+    compile: torch.compile the model's networks (`compile_networks`), compiled on the first batch
+    before the clock starts (its time is printed on stderr)."""
     from tqdm.auto import tqdm
 
     from onestep.core.sampling import sample as solve
@@ -257,11 +262,15 @@ def draw(kind: str, model, info: dict, n: int, *, nfe: int = 0, solver: str = ""
     shape = _image_shape(info)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *shape, generator=g)
+    if compile:
+        from onestep.core.export import compile_networks
+
+        compile_networks(model)
     if kind == "teacher":
         nfe = nfe or TEACHER_NFE
         den = model.with_guidance(guidance) if guidance != 1.0 else model
 
-        def one(z, c):
+        def one(z, c, gen=None):
             return solve(den, z, nfe=nfe, solver=solver or "heun", schedule=schedule or "karras",
                          cond=c)
     else:
@@ -276,12 +285,17 @@ def draw(kind: str, model, info: dict, n: int, *, nfe: int = 0, solver: str = ""
             _note_guidance_range(info, guidance)
         nfe = nfe or info["student"]["nfe"]
 
-        def one(z, c):
+        def one(z, c, gen=g):
             if w_input and c is not None:
                 from onestep.core.nn.guidance import with_guidance_cond
 
                 c = with_guidance_cond(c, guidance, len(c))
-            return model.generate(z, c, nfe=nfe, generator=g)
+            return model.generate(z, c, nfe=nfe, generator=gen)
+    if compile:  # compile on the first batch (its own random stream: the samples are unchanged)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            one(noise[:batch], None if labels is None else labels[:batch], torch.Generator())
+        print(f"torch.compile: compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out = []
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -317,7 +331,7 @@ def sample(args: SampleArgs | None = None, **kwargs) -> dict:
     x, seconds, nfe = draw(kind, model, info, args.n, nfe=args.nfe, solver=args.solver,
                            schedule=_schedule(args.schedule) if args.schedule else "",
                            guidance=args.guidance, labels=labels, seed=args.seed,
-                           batch=args.batch, progress=args.progress)
+                           batch=args.batch, progress=args.progress, compile=args.compile)
     bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
     if bad:
         raise ValueError(f"{bad} of {args.n} images from {args.model} are not finite (NaN or "
@@ -338,6 +352,35 @@ def sample(args: SampleArgs | None = None, **kwargs) -> dict:
     print(f"wrote {args.n} images {tuple(x.shape[1:])} from the {what} at {nfe} NFE to {out} in "
           f"{seconds:.2f} s ({seconds / args.n * 1e3:.2f} ms/image)")
     return {"out": str(out), "nfe": nfe, "seconds": seconds, "images": x, "labels": labels}
+
+
+# -- export -----------------------------------------------------------------------------------
+def export(args: ExportArgs | None = None, **kwargs) -> dict:
+    """Export a student as an ONNX or TorchScript file (core's `export_student`)."""
+    from onestep.core.export import FORMATS, export_student
+    from onestep.core.io import read_model_info
+
+    args = _args(ExportArgs, args, kwargs)
+    _threads(args)
+    if args.format not in FORMATS:
+        raise ValueError(f"unknown --format {args.format!r}; use one of {list(FORMATS)}")
+    if args.nfe < 0:
+        raise ValueError(f"--nfe must be 0 (the student's own) or more, got {args.nfe}")
+    out = Path(_required(args.out, "--out", "the file to write, e.g. student.onnx"))
+    folder = _model_folder(_required(args.model, "--model", "a student folder written by "
+                                     "`onestep-image distill`"), "--model")
+    info = read_model_info(folder)
+    if info["kind"] != "student":
+        raise ValueError(f"--model {args.model} holds {describe_model(info)}, not a student; "
+                         "export a student written by `onestep-image distill`")
+    if out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; name the file to write")
+    t0 = time.perf_counter()
+    meta = export_student(folder, out, format=args.format, nfe=args.nfe)
+    print(f"wrote the {meta['method']} student at {meta['nfe']} NFE as {args.format} to {out} "
+          f"({out.stat().st_size / 1e6:.2f} MB, inputs {', '.join(meta['inputs'])}; equal to "
+          f"torch within 1e-4) in {time.perf_counter() - t0:.1f} s")
+    return {"out": str(out), **meta}
 
 
 # -- distill ----------------------------------------------------------------------------------
