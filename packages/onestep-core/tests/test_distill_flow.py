@@ -20,6 +20,7 @@ from onestep.core.distill.meanflow import (
     MeanFlowDistiller,
     MeanFlowModel,
     TwoTimeNet,
+    meanflow_loss,
     rectified_view,
     sample_two_times,
     total_derivative,
@@ -268,12 +269,70 @@ def test_two_time_sampler_ratio_and_order():
     assert abs((r != t).double().mean().item() - 0.25) < 0.02
 
 
+def test_meanflow_adaptive_weight_sums_over_dimensions():
+    """w = 1 / (||delta||^2 + c)^p with ||delta||^2 summed over dimensions (the official code's),
+    so the loss of an error delta per coordinate in D dimensions is D delta^2 / (D delta^2 + c)."""
+
+    class Const(torch.nn.Module):
+        def forward(self, z, r, t, cond=None):
+            return torch.full_like(z, 0.1)
+
+    for dim in (2, 64):
+        x, noise = torch.zeros(4, dim), torch.zeros(4, dim)
+        t = torch.full((4,), 0.5)
+        loss, logs = meanflow_loss(Const(), x, noise, t, t, p=1.0, c=1e-3)  # u_tgt = v = 0
+        err = dim * 0.01
+        assert loss.item() == pytest.approx(err / (err + 1e-3), rel=1e-5)
+        assert logs["mse"] == pytest.approx(0.01, rel=1e-5)
+        loss, _ = meanflow_loss(Const(), x, noise, t, t, p=0.0)
+        assert loss.item() == pytest.approx(err, rel=1e-5)
+
+
+def test_meanflow_from_data_is_the_default(flow_teacher, toy_data):
+    """The paper's training: v = eps - x and a fresh student of the teacher's architecture; the
+    teacher network is never evaluated. mode="teacher" (distillation) starts from the teacher's
+    weights, and init_from_teacher overrides the start in either mode."""
+    train, held = toy_data
+    assert MeanFlowConfig().mode == "data"
+    torch.manual_seed(0)
+    d = MeanFlowDistiller(flow_teacher, MeanFlowConfig(jvp="double_backward", lr=3e-3))
+    assert not _same_weights(d.student.net.net, flow_teacher.model)
+    calls = []
+    hook = flow_teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        before = _sw(d.generator(), held)
+        logs = _train(d, train, 200, batch=96)
+        after = _sw(d.generator(), held)
+    finally:
+        hook.remove()
+    assert not calls, "MeanFlow from data must not evaluate the teacher"
+    early, late = _mean(logs, "loss", slice(0, 20)), _mean(logs, "loss", slice(-20, None))
+    print(f"meanflow from data: 1-step SW2 {before:.3f} -> {after:.3f}; loss {early:.3f} -> "
+          f"{late:.3f}")
+    assert after < 0.5 * before  # the adaptive-weighted loss stays near 1 from data
+    for cfg, starts_as_teacher in [
+        (MeanFlowConfig(mode="teacher"), True),
+        (MeanFlowConfig(init_from_teacher=True), True),
+        (MeanFlowConfig(mode="teacher", init_from_teacher=False), False),
+    ]:
+        net = MeanFlowDistiller(flow_teacher, cfg).student.net.net
+        assert _same_weights(net, flow_teacher.model) == starts_as_teacher, cfg
+
+
+def _same_weights(student, teacher) -> bool:
+    """Whether the two-time student holds the teacher's weights outside the time embedding."""
+    w = student.state_dict()
+    return all(torch.equal(w[k], v) for k, v in teacher.state_dict().items()
+               if not k.startswith("time_embed"))
+
+
 def test_meanflow_distills_a_one_step_generator(flow_teacher, toy_data):
     train, held = toy_data
-    cfg = MeanFlowConfig(lr=3e-3, jvp="double_backward")
+    cfg = MeanFlowConfig(mode="teacher", lr=3e-3, jvp="double_backward")
     d = MeanFlowDistiller(flow_teacher, cfg)
     untrained = _sw(
-        MeanFlowDistiller(flow_teacher, MeanFlowConfig(time_scale=None)).generator(), held
+        MeanFlowDistiller(flow_teacher, MeanFlowConfig(mode="teacher", time_scale=None))
+        .generator(), held
     )  # exactly the teacher, one Euler step
     before = _sw(d.generator(), held)
     logs = _train(d, train, 170, batch=96)
@@ -457,7 +516,7 @@ def test_meanflow_distills_an_edm_teacher():
     torch.manual_seed(0)
     net = UNet(1, base=8, mults=(1,), num_classes=3, time_scale=250.0)
     teacher = Denoiser(EDMPrecond(net), EDM(), prediction="x0", time_input="sigma", null_cond=3)
-    d = MeanFlowDistiller(teacher, MeanFlowConfig(jvp="double_backward", lr=3e-3))
+    d = MeanFlowDistiller(teacher, MeanFlowConfig(mode="teacher", jvp="double_backward", lr=3e-3))
     assert isinstance(d.student.net, TwoTimeNet) and isinstance(d.student.net.net, UNet)
     assert d.student.net.net is not net
     x = 0.5 * torch.randn(16, 1, 4, 4)
@@ -499,6 +558,7 @@ def test_registries():
         (SlimFlowConfig, {"anneal_schedule": "step"}, "anneal_schedule"),
         (SlimFlowConfig, {"guidance_t_range": (0.8, 0.2)}, "guidance_t_range"),
         (MeanFlowConfig, {"mode": "student"}, "mode"),
+        (MeanFlowConfig, {"init_from_teacher": "yes"}, "init_from_teacher"),
         (MeanFlowConfig, {"ratio_r_neq_t": 1.5}, "ratio_r_neq_t"),
         (MeanFlowConfig, {"jvp": "numeric"}, "jvp"),
         (MeanFlowConfig, {"time_scale": -1.0}, "time_scale"),

@@ -58,8 +58,9 @@ REGISTRY: dict[str, MethodInfo] = {
         "(SlimFlow, Zhu et al. 2024)"),
     "meanflow": MethodInfo(
         "meanflow", "MeanFlowConfig", "MeanFlowDistiller", 9000, True,
-        "average-velocity one-step flow via the MeanFlow identity and a JVP target, "
-        "distilled from the teacher's velocity (MeanFlow, Geng et al. 2025)"),
+        "average-velocity one-step flow via the MeanFlow identity and a JVP target, trained "
+        "from data (mode=teacher: distilled from the teacher's velocity) (MeanFlow, Geng et al. "
+        "2025)"),
     "tdm": MethodInfo(
         "tdm", "TDMConfig", "TDMDistiller", 2000, False,
         "K-step student whose every intermediate state is distribution-matched to the "

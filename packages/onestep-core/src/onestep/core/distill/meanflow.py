@@ -1,5 +1,5 @@
 """MeanFlow (Geng et al. 2025, "Mean Flows for One-step Generative Modeling"), trained from data
-or distilled from a flow teacher.
+(the paper's from-scratch one-step model, the default) or distilled from a teacher (an option).
 
 On the rectified-flow path z_t = (1 - t) x + t eps (t=0 data, t=1 noise, as in the paper) the
 average velocity over [r, t] is u(z_t, r, t) = 1/(t - r) int_r^t v(z_s, s) ds (Eq. 3), so that
@@ -9,23 +9,28 @@ z_r = z_t - (t - r) u(z_t, r, t), and one step z_0 = z_1 - u(z_1, 0, 1) generate
 with the total derivative d/dt u = v dz u + dt u (Eq. 8), a Jacobian-vector product of
 u_theta(z, r, t) along the tangent (v, 0, 1) (Alg. 1). The network regresses the stop-gradient
 target u_tgt = v - (t - r) sg(JVP) (Eq. 9-10) with the adaptive weight w = sg(1 / (||delta||^2
-+ c)^p), p = 1 (Sec. 4.3 and Table 1e). (r, t): two logit-normal(-0.4, 1) draws sorted so r <= t,
-then r = t for all but `ratio_r_neq_t` = 25% of the batch (Table 1a, 1d).
++ c)^p), p = 1 (Sec. 4.3 and Table 1e), ||delta||^2 the squared L2 norm summed over all data
+dimensions as in the official code (a per-dimension mean would multiply c by the dimension).
+(r, t): two logit-normal(-0.4, 1) draws sorted so r <= t, then r = t for all but
+`ratio_r_neq_t` = 25% of the batch (Table 1a, 1d).
 
-`v` is the conditional velocity eps - x ("data" mode, the paper's training from scratch) or the
-teacher's velocity at (z_t, t) ("teacher" mode, the default here: a lower-variance target that
-distills the teacher's flow, with its classifier-free guidance if the teacher Denoiser has any).
+`mode` picks v. "data" (the default, the paper's training): the conditional velocity eps - x, and
+the student is a fresh network of the teacher's architecture, so the teacher gives only the
+architecture and the path. "teacher" (distillation, not in the paper): the teacher's velocity at
+(z_t, t), a lower-variance target that distils its flow (with its classifier-free guidance if the
+teacher Denoiser has any), and the student starts as a copy of the teacher
+(`MeanFlowConfig.init_from_teacher`).
 
 The network takes two times through `TwoTimeNet`: the core networks (MLP, UNet, DiT) read their
-time only through their `time_embed` module, so the wrapper swaps that module for one that embeds
-t with the original embedding and adds a second, zero-initialised embedding of t - r (the
-paper's (t, t - r) conditioning, Table 1c). The student starts as a copy of the teacher's
-network with all its weights. By default both embeddings read t in [0, 1] at sinusoid scale 1
-(`time_scale`, as SiT/MeanFlow networks do) rather than the teacher's usual 1000 t: the JVP
-differentiates the network in t, and a 1000 t embedding makes that derivative mostly
-high-frequency wiggle (see `MeanFlowConfig.time_scale`). With `time_scale=None` the teacher's
-embedding is kept and, the gap embedding starting at zero, u(z, r, t) = v_teacher(z, t) at
-initialisation for every r.
+time only through their `time_embed` module, so the wrapper swaps that module for one that
+embeds t with the original embedding and adds a second, zero-initialised embedding of t - r
+(the paper's (t, t - r) conditioning, Table 1c). In "teacher" mode the student starts as a copy
+of the teacher's network with all its weights, in "data" mode as a fresh network. By default
+both embeddings read t in [0, 1] at sinusoid scale 1 (`time_scale`, as SiT/MeanFlow networks
+do) rather than the teacher's usual 1000 t: the JVP differentiates the network in t, and a 1000
+t embedding makes that derivative mostly high-frequency wiggle (see
+`MeanFlowConfig.time_scale`). With `time_scale=None` the teacher's embedding is kept and, the
+gap embedding starting at zero, u(z, r, t) = v_teacher(z, t) at initialisation for every r.
 
 A teacher on another path (EDM, VP) is read on the rectified-flow path through `rectified_view`
 (the same log-SNR, the input rescaled), and the student is a `TwoTimeNet` around a copy of the
@@ -44,7 +49,7 @@ from torch import Tensor, nn
 from ..convert import as_batch_time, broadcast, convert
 from ..denoiser import Denoiser
 from ..method_registry import describe
-from ..nn import TimeEmbed
+from ..nn import TimeEmbed, build_network, network_name
 from ..paths import RectifiedFlow
 from .base import Distiller, Generator, check_decay_steps, split_batch, validate_config
 
@@ -55,13 +60,14 @@ __all__ = [
     "MeanFlowGenerator",
     "TwoTimeNet",
     "meanflow_loss",
+    "meanflow_target",
     "rectified_view",
     "total_derivative",
     "sample_two_times",
     "METHODS",
 ]
 
-MODES = ("teacher", "data")
+MODES = ("data", "teacher")
 TIME_SAMPLERS = ("logit_normal", "uniform")
 JVP_METHODS = ("func", "forward_ad", "double_backward")
 
@@ -71,9 +77,14 @@ class MeanFlowConfig:
     """MeanFlow (Geng et al. 2025). Toy scale (2-16-D, MLP teacher): `toy_defaults()`, 9000
     steps at batch 256."""
 
-    mode: str = "teacher"
-    """Instantaneous velocity v in the target: "teacher" (the teacher's velocity at (z_t, t):
-    distillation, the default) or "data" (eps - x, the paper's training from scratch, Eq. 9)."""
+    mode: str = "data"
+    """Instantaneous velocity v in the target: "data" (the conditional velocity eps - x, the
+    paper's training from data, Eq. 9-10 and Alg. 1: the default) or "teacher" (distillation:
+    the teacher's velocity at (z_t, t), read on the rectified-flow path by `rectified_view`)."""
+    init_from_teacher: bool | None = None
+    """Start the student from the teacher network's weights (True) or from a fresh network of
+    its architecture (False: the paper trains from scratch). None: from the teacher in
+    "teacher" mode, fresh in "data" mode."""
     ratio_r_neq_t: float = 0.25
     """Fraction of samples with r != t (Table 1a: 25% is best; 0% is plain flow matching)."""
     time_sampler: str = "logit_normal"
@@ -85,9 +96,12 @@ class MeanFlowConfig:
     """Logit-normal std (Table 1d)."""
     weight_p: float = 1.0
     """Adaptive loss weight power p in w = 1 / (||delta||^2 + c)^p (Sec. 4.3; Table 1e: p = 1
-    best; p = 0 is the plain squared L2). ||delta||^2 is the per-sample mean over dimensions."""
+    best; p = 0 is the plain squared L2). ||delta||^2 is the per-sample squared L2 norm summed
+    over all dimensions, as in the official code (JAX and PyTorch)."""
     weight_c: float = 1e-3
-    """c in the adaptive weight (Sec. 4.3: a small constant, 1e-3)."""
+    """c in the adaptive weight (Sec. 4.3: "a small constant, e.g. 1e-3"; the official PyTorch
+    CIFAR-10 code uses 1e-3, the JAX ImageNet code 1e-2). It is compared with the summed
+    squared error, so it does not grow with the data dimension."""
     time_scale: float | None = 1.0
     """Sinusoidal scale of the student's time embeddings, fed t and t - r in [0, 1]. The copied
     teacher network keeps all its weights, but a scale of 1 (SiT/MeanFlow feed t in [0, 1] to
@@ -117,6 +131,9 @@ class MeanFlowConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"MeanFlowConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.init_from_teacher not in (None, True, False):
+            raise ValueError(f"MeanFlowConfig.init_from_teacher must be None, True or False, got "
+                             f"{self.init_from_teacher!r}")
         if not 0.0 <= self.ratio_r_neq_t <= 1.0:
             raise ValueError(
                 f"MeanFlowConfig.ratio_r_neq_t must be in [0, 1], got {self.ratio_r_neq_t}"
@@ -159,9 +176,13 @@ class MeanFlowConfig:
     def toy_defaults(cls, teacher=None, **overrides) -> MeanFlowConfig:
         """Settings for 2-16-D toy data and an MLP teacher: 9000 steps at batch 256, with
         the double-backward JVP (same values, ~3x faster than torch.func.jvp for small MLPs on
-        CPU), and two settings measured on the one-step distillation benchmark (checkerboard /
-        gmm_8d one-step sliced W2 over the 50-NFE teacher's, one run each, 3000 steps unless
-        noted):
+        CPU). The mode stays the paper's training from data, which at this budget is far from
+        the distilled student: checkerboard, 3000 steps, one seed, one-step sliced W2 over the
+        50-NFE teacher's 4.98x from data (4.42x from data starting at the teacher's weights)
+        against 1.67x distilled (mode="teacher", before the adaptive weight summed over
+        dimensions, see `weight_p`; 1.74x after, one seed). The other settings were measured on
+        the one-step distillation benchmark in "teacher" mode (checkerboard / gmm_8d, one run
+        each, 3000 steps unless noted):
 
         - ratio_r_neq_t=0.75: the paper's 25% r != t (Table 1a) is for training from data,
           where the r = t samples (plain flow matching) must also teach the instantaneous
@@ -264,6 +285,19 @@ def rectified_view(teacher: Denoiser) -> Denoiser:
         return teacher
     return Denoiser(_RectifiedView(teacher), RectifiedFlow(), prediction="velocity",
                     time_input="t", null_cond=teacher.null_cond)
+
+
+def _fresh(model: nn.Module) -> nn.Module:
+    """A newly initialised network of `model`'s architecture: rebuilt from its registry name and
+    `config`, else a copy with every submodule's `reset_parameters()` called."""
+    try:
+        return build_network(network_name(model), model.config)
+    except (ValueError, AttributeError, TypeError):
+        net = copy.deepcopy(model)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        return net
 
 
 def _time_network(model: nn.Module) -> nn.Module:
@@ -400,6 +434,17 @@ def total_derivative(
     raise ValueError(f"unknown JVP method {method!r}; use one of {JVP_METHODS}")
 
 
+def meanflow_target(
+    model: nn.Module, z: Tensor, r: Tensor, t: Tensor, v: Tensor, *, cond=None, jvp: str = "func"
+) -> tuple[Tensor, Tensor]:
+    """(u, u_tgt): u = u_theta(z_t, r, t) with its graph, and the MeanFlow target
+    u_tgt = sg(v - (t - r) (v dz u + dt u)) (Geng et al. 2025, Eq. 8-10) for the instantaneous
+    velocity v at z_t. With the exact v(z_t, t) and the exact average velocity as the model,
+    u_tgt = u; with v = eps - x its mean given z_t is u (the target is affine in v)."""
+    u, dudt = total_derivative(model, z, r, t, v, cond=cond, method=jvp)
+    return u, (v - broadcast(t - r, z) * dudt).detach()
+
+
 def meanflow_loss(
     model: MeanFlowModel,
     x: Tensor,
@@ -417,8 +462,10 @@ def meanflow_loss(
     """The MeanFlow loss (Geng et al. 2025, Alg. 1, Eq. 9-10, Sec. 4.3) at times r <= t (B,):
     z_t = (1 - t) x + t noise; v = `velocity`, else the `teacher`'s velocity at (z_t, t), else
     noise - x; (u, du/dt) = jvp(u_theta, (z_t, r, t), (v, 0, 1)); u_tgt = sg(v - (t - r) du/dt);
-    loss = mean( sg(w) ||u - u_tgt||^2 ) with w = 1 / (||u - u_tgt||^2 + c)^p. `jvp`: how the
-    JVP is computed (`total_derivative`)."""
+    loss = mean over the batch of sg(w) ||u - u_tgt||^2 with w = 1 / (||u - u_tgt||^2 + c)^p,
+    the squared norm summed over dimensions (the official code's). `jvp`: how the JVP is
+    computed (`total_derivative`). Logs: "loss", and "mse" (per dimension) overall and on the
+    r != t and r = t samples."""
     tx = broadcast(t, x)
     z = (1.0 - tx) * x + tx * noise
     if velocity is None:
@@ -427,18 +474,19 @@ def meanflow_loss(
                 velocity = teacher.velocity(z, t, cond)
         else:
             velocity = noise - x
-    v = velocity.detach()
-    u, dudt = total_derivative(model, z, r.to(x.dtype), t.to(x.dtype), v, cond=cond, method=jvp)
-    u_tgt = (v - broadcast(t - r, x) * dudt).detach()
-    err = (u - u_tgt).float().pow(2).flatten(1).mean(1)  # (B,)
+    u, u_tgt = meanflow_target(model, z, r.to(x.dtype), t.to(x.dtype), velocity.detach(),
+                               cond=cond, jvp=jvp)
+    sq = (u - u_tgt).float().pow(2).flatten(1)  # (B, D)
+    err = sq.sum(1)  # (B,) ||delta||^2
     w = 1.0 / (err.detach() + c) ** p
     loss = (w * err).mean()
+    mse = sq.detach().mean(1)  # (B,) per dimension, for the logs
     neq = r != t
-    logs = {"loss": loss.detach().item(), "mse": err.mean().detach().item()}
+    logs = {"loss": loss.detach().item(), "mse": mse.mean().item()}
     if bool(neq.any()):
-        logs["mse_r_neq_t"] = err[neq].mean().detach().item()
+        logs["mse_r_neq_t"] = mse[neq].mean().item()
     if bool((~neq).any()):
-        logs["mse_r_eq_t"] = err[~neq].mean().detach().item()
+        logs["mse_r_eq_t"] = mse[~neq].mean().item()
     return loss, logs
 
 
@@ -447,9 +495,10 @@ def meanflow_loss(
 
 
 class MeanFlowDistiller(Distiller):
-    """MeanFlow student initialised from the teacher (a `TwoTimeNet` around a copy of its
-    network), trained on data batches with the MeanFlow loss; `generator()` samples it in nfe
-    steps (1 by default)."""
+    """MeanFlow student, a `TwoTimeNet` around a network of the teacher's architecture (fresh in
+    "data" mode, the paper's training from scratch; a copy of the teacher's in "teacher" mode),
+    trained on data batches with the MeanFlow loss; `generator()` samples it in nfe steps (1 by
+    default)."""
 
     kind = "meanflow"
 
@@ -471,7 +520,11 @@ class MeanFlowDistiller(Distiller):
                     raise ValueError("MeanFlowConfig.time_scale=None keeps the teacher's own time "
                                      "input, which only a rectified-flow teacher has; use a number")
                 net = _time_network(net)
-            student_network = TwoTimeNet(copy.deepcopy(net), config.time_scale)
+            from_teacher = config.init_from_teacher
+            if from_teacher is None:
+                from_teacher = config.mode == "teacher"
+            net = copy.deepcopy(net) if from_teacher else _fresh(net)
+            student_network = TwoTimeNet(net, config.time_scale)
         elif not isinstance(student_network, TwoTimeNet) and hasattr(student_network, "time_embed"):
             student_network = TwoTimeNet(student_network, config.time_scale)
         student_network.train()
