@@ -56,6 +56,7 @@ def _loss(args: DemoArgs):
 def demo(args: DemoArgs) -> dict:
     import torch
 
+    from .cli_vector import _sampler_label
     from .data import toy_sample
     from .io import save_model
     from .runs import check_run_folder, clear_run_folder
@@ -101,12 +102,14 @@ def demo(args: DemoArgs) -> dict:
     noise = torch.randn(args.n_samples, train.shape[1], generator=g)
     rows = [_row("real data (floor)", 0, second, held_out, 0.0),
             _row("prior (noise)", 0, noise, held_out, 0.0)]
+    solver, schedule = args.solver or None, args.schedule or None
     for nfe in args.nfe:
         with torch.no_grad():
             t0 = time.perf_counter()
-            x = sample(den, noise, nfe=nfe, solver=args.solver, schedule=args.schedule)
+            x = sample(den, noise, nfe=nfe, solver=solver, schedule=schedule)
             secs = time.perf_counter() - t0
-        rows.append(_row(args.solver, nfe, x, held_out, secs))
+        label = _sampler_label(den.path, nfe, solver, schedule).removeprefix("default ")
+        rows.append(_row(label, nfe, x, held_out, secs))
         last = x
 
     # 3. distil a one-step student and sample it on the same noise
@@ -157,7 +160,7 @@ def demo(args: DemoArgs) -> dict:
     (out / "demo.json").write_text(json.dumps(result, indent=1))
     teacher_sw2 = rows[len(args.nfe) + 1]["sw2"]
     panels = [(held_out, f"held-out data (floor SW2 {floor:.3f})"),
-              (last, f"teacher, {args.solver}, NFE {args.nfe[-1]}: SW2 {teacher_sw2:.3f}")]
+              (last, f"teacher, {label}, NFE {args.nfe[-1]}: SW2 {teacher_sw2:.3f}")]
     if student is not None:
         panels.append((student, f"{args.method} student, NFE {student_nfe}: SW2 "
                                 f"{rows[-1]['sw2']:.3f}"))

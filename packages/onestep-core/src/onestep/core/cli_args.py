@@ -38,10 +38,12 @@ class DemoArgs:
     batch_size: int = 512
     lr: float = 2e-3
     hidden: int = 128
-    solver: str = "dpm++2m"
-    """Sampler; `onestep solvers` lists them."""
-    schedule: str = "logsnr"
-    """Time schedule of the sampler; `onestep solvers` lists them."""
+    solver: str = ""
+    """Sampler (`onestep solvers` lists them); default: the default sampler of the path at each
+    NFE (onestep.core.sampling.default_sampler)."""
+    schedule: str = ""
+    """Time schedule of the sampler (`onestep solvers` lists them); default: logsnr with
+    --solver, else the default sampler's."""
     nfe: tuple[int, ...] = (2, 4, 8, 16)
     """Network evaluations to sample with."""
     method: str = "instaflow"
@@ -167,9 +169,11 @@ class SampleArgs:
     """Network evaluations per sample; 0: the student's own (1 for one-step students) or 32 for
     a teacher."""
     solver: str = ""
-    """Teachers only: the ODE solver (default dpm++2m; `onestep solvers` lists them)."""
-    schedule: str = "logsnr"
-    """Teachers only: the time schedule of the solver."""
+    """Teachers only: the ODE solver (`onestep solvers` lists them); default: the default
+    sampler of the path and NFE (onestep.core.sampling.default_sampler)."""
+    schedule: str = ""
+    """Teachers only: the time schedule of the solver; default: logsnr with --solver, else the
+    default sampler's."""
     out: str = "samples.npy"
     """Output file, .npy or .csv."""
     batch: int = 10000
@@ -222,8 +226,9 @@ class SearchArgs:
     nfe: int = 5
     """Network evaluations the sampler spends."""
     method: str = "evolutionary"
-    """evolutionary (USF search space), gradient (times by backprop), autodiffusion (times for
-    --solver), or none (no search: with --learn, LSD from DPM-Solver++(2M))."""
+    """evolutionary (USF search space), s3 (the same space, with S^3's learned performance
+    predictor), gradient (times by backprop), autodiffusion (times for --solver), or none (no
+    search: with --learn, LSD from DPM-Solver++(2M))."""
     solver: str = "dpm++2m"
     """The fixed solver of --method autodiffusion."""
     n_calib: int = 512

@@ -36,7 +36,7 @@ def _sample_shape(info: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
 def search_schedule_cmd(args: SearchArgs) -> dict:
     """Run the search (and LSD), write the schedule, and report held-out errors."""
     from .io import load_model
-    from .sampling import sample
+    from .sampling import default_sampler, sample
     from .search import METHODS, endpoint_error, learn_sampler, search_schedule
 
     if not args.model:
@@ -103,12 +103,13 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
         with torch.no_grad():
             ref = sample(den, held, nfe=None, solver="rk45")
             found = sample(den, held, nfe=args.nfe, schedule=schedule)
-            default = sample(den, held, nfe=args.nfe, solver="dpm++2m")
+            default = sample(den, held, nfe=args.nfe)
         result["held_out_error"] = endpoint_error(found, ref)
         result["default_held_out_error"] = endpoint_error(default, ref)
         print(
-            f"  held-out RMS error to rk45: {result['held_out_error']:.4g} "
-            f"(dpm++2m on logsnr: {result['default_held_out_error']:.4g})"
+            f"  held-out RMS error to rk45: {result['held_out_error']:.4g} (the default, "
+            f"{' '.join(default_sampler(den.path, args.nfe))}: "
+            f"{result['default_held_out_error']:.4g})"
         )
     print(f"wrote {out}")
     return result

@@ -233,6 +233,15 @@ def distill(args: DistillArgs) -> dict:
             "student": entry}
 
 
+def _sampler_label(path, nfe: int, solver: str | None, schedule: str | None) -> str:
+    """"SOLVER SCHEDULE" as `sample` resolves them (the default sampler when neither is given)."""
+    from .sampling import default_sampler
+
+    if solver is None and schedule is None:
+        return "default " + " ".join(default_sampler(path, nfe))
+    return f"{solver or default_sampler(path, nfe)[0]} {schedule or 'logsnr'}"
+
+
 @_user_errors("sample")
 def sample(args: SampleArgs) -> dict:
     from tqdm.auto import tqdm
@@ -253,11 +262,11 @@ def sample(args: SampleArgs) -> dict:
     shape = _sample_shape(info, ())
     if info["kind"] == "teacher":
         den, info = load_model(folder, kind="teacher")
-        nfe, solver = args.nfe or TEACHER_NFE, args.solver or "dpm++2m"
-        what = f"teacher, {solver} with {nfe} NFE"
+        nfe, solver, schedule = args.nfe or TEACHER_NFE, args.solver or None, args.schedule or None
+        what = f"teacher, {_sampler_label(den.path, nfe, solver, schedule)} with {nfe} NFE"
 
         def draw(z, g):
-            return solve(den, z, nfe=nfe, solver=solver, schedule=args.schedule)
+            return solve(den, z, nfe=nfe, solver=solver, schedule=schedule)
     elif info["kind"] == "student":
         if args.solver:
             raise ValueError("--solver applies to teachers; a student samples with its own "
