@@ -269,12 +269,13 @@ def test_cd(teacher_name, steps, toy_data, request):
 
 
 def test_ict(flow_teacher, toy_data):
-    """Consistency training from data alone (the teacher only initialises the student): the
-    one-step map moves towards the probability-flow ODE's map, here the teacher's 32-step Heun
-    solution from the same noise, without ever calling the teacher."""
+    """Consistency training from data alone, fine-tuning from the teacher's weights (init="teacher";
+    from scratch: tests/test_fidelity_phased_sim_ict.py): the one-step map moves towards the
+    probability-flow ODE's map, here the teacher's 32-step Heun solution from the same noise,
+    without ever calling the teacher."""
     data, held = toy_data
     torch.manual_seed(0)
-    d = ICTDistiller(flow_teacher, ICTConfig(total_steps=100))
+    d = ICTDistiller(flow_teacher, ICTConfig(total_steps=100, init="teacher"))
     noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(5))
     t0 = d.t_start
     # the generator starts from sigma(t0) * noise: solve the teacher's ODE from the same point
@@ -381,11 +382,15 @@ def test_registry():
 
 
 def test_ict_fresh_student(flow_teacher):
-    """init_from_teacher=False trains a fresh network of the teacher's architecture."""
-    d = ICTDistiller(flow_teacher, ICTConfig(init_from_teacher=False))
+    """init="scratch" (the default, as the paper) trains a fresh network of the teacher's
+    architecture; init="teacher" (ECT-style fine-tuning) starts from its weights."""
+    d = ICTDistiller(flow_teacher, ICTConfig())
     assert d.student.model.config == flow_teacher.model.config
     pairs = zip(d.student.parameters(), flow_teacher.parameters(), strict=True)
     assert any(not torch.equal(a, b) for a, b in pairs)
+    tuned = ICTDistiller(flow_teacher, ICTConfig(init="teacher"))
+    pairs = zip(tuned.student.parameters(), flow_teacher.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 @pytest.mark.parametrize("name", ["progressive", "cd", "ict", "segment_cd"])

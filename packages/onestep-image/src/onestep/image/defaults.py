@@ -15,7 +15,9 @@ IMAGE_OVERRIDES: dict[str, dict] = {
         # toy config's L2 answers low-dimensional multimodal data, see ICTConfig.toy_defaults).
         # Measured on the 8x8 digits teacher (TINY_RECIPE; its 35-NFE FD-digits-cnn 2.80, the
         # real-digit floor 2.77), 400 steps with the whole curriculum (total_steps=400), batch
-        # 64, one seed: one-step FD 6.47 with pseudo-Huber, 9.92 with L2.
+        # 64, one seed: one-step FD 6.47 with pseudo-Huber, 9.92 with L2 (both initialised from
+        # the teacher, then the default). The student now starts from scratch, as the paper's
+        # (core's ICTConfig.init); --set init=teacher is ECT-style consistency fine-tuning.
         metric="pseudo_huber",
     ),
     "meanflow": dict(
