@@ -22,14 +22,19 @@ c_i1 = A_0 h / (2 A_1) it is DPM-Solver++(2M) exactly. A `Schedule` holds the ti
 `orders`, `predictions`, `correctors` and `coefficients`; `sample(denoiser, noise, nfe=K,
 schedule=s)` runs it.
 
-Three searches minimise the RMS endpoint error to the adaptive RK45 reference on a calibration
-batch:
+Four searches minimise a metric of the samples drawn from a calibration batch of noise: by
+default the RMS endpoint error to the adaptive RK45 reference, or any callable samples -> float
+(lower is better), e.g. a Frechet distance in a feature network (`metric=`):
   "evolutionary"   the search space (times, and per step order, prediction, corrector) by an
-                   elitist evolutionary algorithm (S^3 adds a learned performance predictor; here
-                   every candidate is evaluated, a generation in one batched call).
-  "gradient"       the times, as a softmax of logSNR increments, by backprop through the solver.
+                   elitist evolutionary algorithm; every candidate is evaluated, a generation in
+                   one batched call.
+  "s3"             the same space by S^3 (USF, Sec. 4.2): a performance predictor, fitted on
+                   the schedules evaluated so far, ranks a large pool of mutated candidates and
+                   only the best-ranked few are evaluated with the metric, stage after stage.
+  "gradient"       the times, as a softmax of logSNR increments, by backprop through the solver
+                   (endpoint error only: it needs the metric's gradient).
   "autodiffusion"  the times only, for a fixed registered solver (Li et al. 2023, AutoDiffusion:
-                   training-free evolutionary time-step search).
+                   training-free evolutionary time-step search, against FID in the paper).
 `learn_sampler` is learnable sampler distillation (LSD; Fu et al. 2025, carried from discrete to
 continuous diffusion): the c_in are learned so that the few-step trajectory matches the teacher's
 RK45 trajectory after every step; LSD+ (`learn_times=True`) learns the times too.
@@ -46,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .sampling import resolve_solver, sample
+from .sampling import default_sampler, resolve_solver, sample
 from .schedules import SCHEDULES, Schedule, clip_t_max, default_t_min, uniform_logsnr
 from .solvers import SOLVERS, Solver
 from .solvers._common import check_times, report
@@ -64,9 +69,10 @@ __all__ = [
     "teacher_trajectory",
     "Trajectory",
     "endpoint_error",
+    "Predictor",
 ]
 
-METHODS = ("evolutionary", "gradient", "autodiffusion")
+METHODS = ("evolutionary", "gradient", "autodiffusion", "s3")
 PREDICTIONS = ("x0", "eps", "velocity")
 MAX_ORDER = 3
 _MIN_GAP = 1e-2  # smallest logSNR/2 gap between searched times
@@ -594,27 +600,37 @@ def search_schedule(
     noise: Tensor,
     cond=None,
     method: str = "evolutionary",
+    metric="endpoint",
     reference: Tensor | None = None,
     iterations: int | None = None,
     population: int = 16,
+    pool: int = 16,
     solver: str = "dpm++2m",
     init: Schedule | None = None,
     t_max: float = 1.0,
     seed: int = 0,
     progress: bool = True,
 ) -> Schedule:
-    """A Schedule spending exactly `nfe` NFE that minimises the RMS endpoint error to the RK45
-    reference of the calibration `noise` (B, ...).
+    """A Schedule spending exactly `nfe` NFE that minimises `metric` on the samples drawn from
+    the calibration `noise` (B, ...).
 
     method: "evolutionary" (times, and per step the order, prediction and corrector of the USF
-        solver; the default), "gradient" (the times, by backprop through the USF solver, from
+        solver; the default), "s3" (the same space, searched with a learned performance
+        predictor: USF's S^3), "gradient" (the times, by backprop through the USF solver, from
         `init` or the best named schedule), "autodiffusion" (the times only, for the registered
         deterministic `solver`).
-    reference: the rk45 endpoint of `noise`, computed here (once) if None.
-    iterations: generations (evolutionary, autodiffusion; default 40) or objective evaluations of
-        L-BFGS (gradient; default 100). population: candidates per generation.
-    The Schedule's meta records the method, nfe, the solver it runs on, and the calibration
-    errors of the result and of the default (dpm++2m on the logsnr schedule)."""
+    metric: "endpoint", the RMS error to the RK45 endpoints of `noise`, or a callable taking the
+        samples (B, ...) of one candidate and returning a float, lower is better (e.g. a Frechet
+        distance to data features). "gradient" takes only "endpoint".
+    reference: the rk45 endpoint of `noise` (endpoint metric), computed here (once) if None.
+    iterations: generations (evolutionary, autodiffusion; default 40), predictor stages (s3;
+        default 40) or objective evaluations of L-BFGS (gradient; default 100).
+    population: candidates per generation; for s3, the candidates evaluated per stage, so that
+        s3 and evolutionary spend the same number of metric evaluations.
+    pool: s3 ranks pool * population mutated candidates with the predictor per stage.
+    The Schedule's meta records the method, nfe, the solver it runs on, the metric, and its value
+    on the calibration samples of the result ("calibration_error") and of the default sampler
+    (`sampling.default_sampler`, "default_error")."""
     _check_common(denoiser, nfe, noise)
     if method not in METHODS:
         raise ValueError(f"unknown search method {method!r}; use one of {list(METHODS)}")
@@ -622,18 +638,35 @@ def search_schedule(
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
     if not isinstance(population, int) or population < 2:
         raise ValueError(f"population must be an integer >= 2, got {population!r}")
+    if not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool must be a positive integer, got {pool!r}")
+    if not (callable(metric) or (isinstance(metric, str) and metric == "endpoint")):
+        raise ValueError(
+            f"metric must be 'endpoint' or a callable samples -> float, got {metric!r}"
+        )
+    if callable(metric) and method == "gradient":
+        raise ValueError("the gradient search minimises the endpoint error; use metric='endpoint'")
+    if callable(metric) and reference is not None:
+        raise ValueError("reference is the endpoint metric's RK45 endpoint; a callable metric "
+                         "takes none")
     path = denoiser.path
-    ref = _reference(denoiser, noise, cond, t_max, reference)
+    endpoint = not callable(metric)
+    ref = _reference(denoiser, noise, cond, t_max, reference) if endpoint else None
+    score = _scorer("endpoint" if endpoint else metric, ref)
     with torch.no_grad():
-        default = sample(denoiser, noise, nfe=nfe, solver="dpm++2m", cond=cond, t_max=t_max)
+        default = sample(denoiser, noise, nfe=nfe, cond=cond, t_max=t_max)
     meta = {
         "method": method,
         "nfe": nfe,
+        "metric": "endpoint" if endpoint else getattr(metric, "__name__", "callable"),
         "reference": "rk45",
         "n_calib": int(noise.shape[0]),
         "seed": seed,
-        "default_error": endpoint_error(default, ref),
+        "default_sampler": list(default_sampler(path, nfe)),
+        "default_error": score(default[None])[0],
     }
+    if not endpoint:
+        del meta["reference"]
     meta.update(_path_meta(path))
     rng = np.random.default_rng(seed)
     if method == "autodiffusion":
@@ -642,7 +675,7 @@ def search_schedule(
             denoiser,
             noise,
             cond,
-            ref,
+            score,
             nfe,
             solver,
             t_max,
@@ -657,9 +690,25 @@ def search_schedule(
         iterations = 100 if iterations is None else iterations
         return _gradient(denoiser, noise, cond, ref, space, init, iterations, progress, meta)
     iterations = 40 if iterations is None else iterations
-    return _evolutionary(
-        denoiser, noise, cond, ref, space, iterations, population, rng, progress, meta
-    )
+    evaluate = _Evaluator(denoiser, noise, cond, score, space)
+    if method == "s3":
+        return _s3(evaluate, space, iterations, population, pool, rng, progress, meta)
+    return _evolutionary(evaluate, space, iterations, population, rng, progress, meta)
+
+
+def _scorer(metric, ref):
+    """samples (P, N, ...) -> P metric values (inf where a candidate's samples are not finite)."""
+    if not callable(metric):
+        return lambda x: [v if math.isfinite(v) else math.inf for v in _rms(x, ref).tolist()]
+
+    def score(x):
+        out = []
+        for xi in x:
+            v = float(metric(xi)) if bool(torch.isfinite(xi).all()) else math.inf
+            out.append(v if math.isfinite(v) else math.inf)
+        return out
+
+    return score
 
 
 def _usf_space(denoiser, steps: int, t_max: float) -> _Space:
@@ -685,12 +734,12 @@ def _usf_schedule(space: _Space, lam, plan: Plan, coefficients=None, meta=None) 
 
 
 class _Evaluator:
-    """Endpoint errors of USF genomes on the calibration batch, `chunk` candidates per network
-    call."""
+    """Metric values of USF genomes on the calibration batch, `chunk` candidates per network
+    call; `count` is the number of candidates evaluated."""
 
-    def __init__(self, denoiser, noise, cond, ref, space: _Space, chunk: int = 16):
-        self.den, self.noise, self.cond, self.ref, self.space = denoiser, noise, cond, ref, space
-        self.chunk, self.count = chunk, 0
+    def __init__(self, denoiser, noise, cond, score, space: _Space, chunk: int = 16):
+        self.den, self.noise, self.cond, self.score = denoiser, noise, cond, score
+        self.space, self.chunk, self.count = space, chunk, 0
 
     def __call__(self, genomes) -> list[float]:
         errs = []
@@ -702,7 +751,7 @@ class _Evaluator:
             x = self.noise[None] * _col(self.space.path.sigma(t[:, 0]), self.noise[None])
             with torch.no_grad():
                 out, _ = _run(self.den, x, t, plan, None, self.cond)
-            errs += [v if math.isfinite(v) else math.inf for v in _rms(out, self.ref).tolist()]
+            errs += self.score(out)
             self.count += len(part)
         return errs
 
@@ -736,42 +785,59 @@ def _key(g) -> tuple:
     return (tuple(np.round(g[0], 6)),) + tuple(tuple(int(v) for v in a) for a in g[1:])
 
 
+def _first_generation(seeds, space: _Space, population: int, rng, discrete: bool) -> list:
+    """The seeds, then wide mutations of them until there are `population` distinct genomes."""
+    pool = {}
+    for g in seeds:
+        pool.setdefault(_key(g), g)
+    width = space.hi - space.lo
+    for _ in range(20 * population):
+        if len(pool) >= population:
+            break
+        g = _mutate(list(pool.values())[rng.integers(len(pool))], space, 0.3 * width, rng, discrete)
+        pool.setdefault(_key(g), g)
+    return list(pool.values())
+
+
+def _scale(space: _Space, gen: int, iterations: int) -> float:
+    """The mutation step in lam at generation `gen`: from 12% to 0.5% of the range."""
+    frac = gen / max(iterations - 1, 1)
+    return (space.hi - space.lo) * (0.12 * (1 - frac) + 0.005 * frac)
+
+
+def _offspring(parents, space: _Space, scale, rng, discrete, want: int, seen: set) -> list:
+    """Up to `want` new genomes (not in `seen`, which they join), in at most 4 * want tries: each
+    the better of two random parents (parents are best first), mutated, and with probability
+    0.2 given another parent's per-step plan."""
+    children = []
+    for _ in range(want * 4):
+        if len(children) == want:
+            break
+        a = parents[min(rng.integers(len(parents)), rng.integers(len(parents)))]
+        g = _mutate(a, space, scale, rng, discrete)
+        if discrete and space.steps > 1 and rng.random() < 0.2:
+            b = parents[rng.integers(len(parents))]
+            g = (g[0],) + tuple(v.copy() for v in b[1:])
+        if _key(g) not in seen:
+            seen.add(_key(g))
+            children.append(g)
+    return children
+
+
 def _evolve(evaluate, seeds, space: _Space, iterations, population, rng, progress, discrete, desc):
     """Elitist (mu + lambda) evolution: the better half of the population are parents; each
     child is the better of two random parents, mutated (and, with probability 0.2, given another
     parent's per-step plan); the best `population` of parents and children survive. The
     mutation step in lam anneals from 12% to 0.5% of the range."""
-    k = space.steps
-    pool = {}
-    for g in seeds:
-        pool.setdefault(_key(g), g)
-    width = space.hi - space.lo
-    for _ in range(20 * population):  # wide mutations of the seeds fill the first generation
-        if len(pool) >= population:
-            break
-        g = _mutate(list(pool.values())[rng.integers(len(pool))], space, 0.3 * width, rng, discrete)
-        pool.setdefault(_key(g), g)
-    genomes = list(pool.values())
+    genomes = _first_generation(seeds, space, population, rng, discrete)
     scored = sorted(zip(evaluate(genomes), genomes, strict=True), key=lambda s: s[0])
     scored = scored[:population]  # (error, genome), best first (sorted is stable)
-    seen = set(pool)
+    seen = {_key(g) for g in genomes}
     bar = _progress(iterations, progress, desc)
     for gen in range(iterations):
-        frac = gen / max(iterations - 1, 1)
-        scale = width * (0.12 * (1 - frac) + 0.005 * frac)
         parents = [g for _, g in scored[: max(2, len(scored) // 2)]]
-        children = []
-        for _ in range(population * 4):
-            if len(children) == population:
-                break
-            a = parents[min(rng.integers(len(parents)), rng.integers(len(parents)))]
-            g = _mutate(a, space, scale, rng, discrete)
-            if discrete and k > 1 and rng.random() < 0.2:
-                b = parents[rng.integers(len(parents))]
-                g = (g[0],) + tuple(v.copy() for v in b[1:])
-            if _key(g) not in seen:
-                seen.add(_key(g))
-                children.append(g)
+        scale = _scale(space, gen, iterations)
+        children = _offspring(parents, space, scale, rng, discrete, population, seen)
         if children:
             scored += list(zip(evaluate(children), children, strict=True))
             scored = sorted(scored, key=lambda s: s[0])[:population]
@@ -808,13 +874,11 @@ def _seeds(space: _Space) -> list:
     return seeds
 
 
-def _evolutionary(denoiser, noise, cond, ref, space, iterations, population, rng, progress, meta):
+def _evolutionary(evaluate, space, iterations, population, rng, progress, meta):
     k = space.steps
-    evaluate = _Evaluator(denoiser, noise, cond, ref, space)
-    seeds = _seeds(space)
     best, err = _evolve(
         evaluate,
-        seeds,
+        _seeds(space),
         space,
         iterations if k > 1 else 0,
         population,
@@ -828,6 +892,145 @@ def _evolutionary(denoiser, noise, cond, ref, space, iterations, population, rng
         "calibration_error": err,
         "iterations": iterations,
         "evaluations": evaluate.count,
+    }
+    return _usf_schedule(space, best[0], space.plan(best), meta=meta)
+
+
+# -- S^3: the predictor-guided search -------------------------------------------------------------
+def _features(space: _Space, genomes) -> np.ndarray:
+    """The predictor's encoding of USF genomes (P, F): the interior times as lam scaled to [0, 1]
+    over the searchable range and the logs of the K steps' shares of it, then per step the
+    one-hot order (1-3, as `usf_plan` normalises it), the one-hot prediction (x0, eps, velocity)
+    and the corrector flag."""
+    rows = []
+    for g in genomes:
+        plan = space.plan(g)
+        per_step = np.zeros((space.steps, MAX_ORDER + len(PREDICTIONS) + 1))
+        for i, (k, kind, corr) in enumerate(
+            zip(plan.orders, plan.predictions, plan.correctors, strict=True)
+        ):
+            per_step[i, k - 1] = 1.0
+            per_step[i, MAX_ORDER + PREDICTIONS.index(kind)] = 1.0
+            per_step[i, -1] = float(corr)
+        lam = (np.asarray(g[0], dtype=np.float64) - space.lo) / (space.hi - space.lo)
+        shares = np.log(np.diff(np.concatenate([[0.0], lam, [1.0]])) + 1e-3)
+        rows.append(np.concatenate([lam, shares, per_step.ravel()]))
+    return np.stack(rows)
+
+
+class Predictor:
+    """S^3's performance predictor (USF, Sec. 4.2): small MLPs from a schedule's encoding to a
+    score ordered like the metric (lower is better), each fitted with a pairwise hinge ranking
+    loss: for every evaluated pair with metric_i < metric_j, max(0, margin - (s_j - s_i)). Only
+    the order matters to the search, so a ranking loss spends the few evaluated schedules on
+    what the search uses. The score is the mean of `members` MLPs from different initialisations
+    (on the toy teachers, 3 rank held-out schedules a little better than 1). float64,
+    deterministic given `seed`."""
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        *,
+        members: int = 3,
+        margin: float = 0.1,
+        steps: int = 300,
+        seed: int = 0,
+    ):
+        self.hidden, self.members, self.margin, self.steps = hidden, members, margin, steps
+        self.seed = seed
+        self.params: list[list[Tensor]] | None = None
+
+    @staticmethod
+    def _net(params: list[Tensor], x: Tensor) -> Tensor:
+        w1, b1, w2, b2, w3, b3 = params
+        h = torch.nn.functional.silu(x @ w1 + b1)
+        h = torch.nn.functional.silu(h @ w2 + b2)
+        return (h @ w3 + b3)[:, 0]
+
+    def fit(self, features: np.ndarray, metric: Sequence[float]) -> Predictor:
+        """Fit on (N, F) encodings and their N metric values (inf: worse than every finite)."""
+        x = torch.as_tensor(features, dtype=torch.float64)
+        y = torch.as_tensor(np.asarray(metric, dtype=np.float64))
+        finite = torch.isfinite(y)
+        if not bool(finite.any()):
+            raise ValueError("the predictor needs at least one finite metric value")
+        y = torch.where(finite, y, y[finite].max() + 1.0)
+        self.mean, self.std = x.mean(0), x.std(0, unbiased=False)
+        self.std = torch.where(self.std > 1e-8, self.std, torch.ones_like(self.std))
+        x = (x - self.mean) / self.std
+        better = (y[:, None] < y[None, :]).double()  # better[i, j]: i's metric is lower
+        pairs = better.sum().clamp_min(1.0)
+        g = torch.Generator().manual_seed(self.seed)
+        f, h = x.shape[1], self.hidden
+        shapes = [(f, h), (h,), (h, h), (h,), (h, 1), (1,)]
+        fan_in = [f, f, h, h, h, h]
+        self.params = []
+        for _ in range(self.members):
+            params = [
+                ((torch.rand(s, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(n))
+                .requires_grad_(True)
+                for s, n in zip(shapes, fan_in, strict=True)
+            ]
+            opt = torch.optim.Adam(params, lr=3e-3, weight_decay=1e-4)
+            for _ in range(self.steps if bool(better.any()) else 0):
+                s = self._net(params, x)
+                loss = (better * torch.relu(self.margin - (s[None, :] - s[:, None]))).sum() / pairs
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.params.append([q.detach() for q in params])
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Scores (N,) of (N, F) encodings: lower is predicted better."""
+        if self.params is None:
+            raise ValueError("fit the predictor first")
+        x = (torch.as_tensor(features, dtype=torch.float64) - self.mean) / self.std
+        return torch.stack([self._net(p, x) for p in self.params]).mean(0).numpy()
+
+
+def _s3(evaluate, space, stages, population, pool, rng, progress, meta):
+    """S^3 (Liu et al. 2024, USF Sec. 4.2): a predictor-based search. The first generation (the
+    known samplers and wide mutations of them, as "evolutionary") is evaluated with the metric;
+    then each stage (1) fits the Predictor on every schedule evaluated so far, (2) mutates the
+    best half of the first `population` into pool * population new candidates, (3) evaluates only
+    the `population` that the predictor ranks best and adds them to its data. Returns the best
+    evaluated schedule. The paper also enlarges the metric's sample set in later stages; here
+    the calibration batch stays fixed."""
+    k = space.steps
+    n_stages = stages if k > 1 else 0
+    genomes = _first_generation(_seeds(space), space, population, rng, True)
+    data = list(zip(evaluate(genomes), genomes, strict=True))  # (metric, genome)
+    seen = {_key(g) for g in genomes}
+    fits = 0
+    bar = _progress(n_stages, progress, f"s3 search nfe={k}")
+    for stage in range(n_stages):
+        ranked = sorted(data, key=lambda s: s[0])
+        parents = [g for _, g in ranked[: max(2, population // 2)]]
+        scale = _scale(space, stage, n_stages)
+        cands = _offspring(parents, space, scale, rng, True, pool * population, seen)
+        if not cands:
+            bar.update(1)
+            continue
+        predictor = Predictor(seed=int(rng.integers(2**31)))
+        predictor.fit(_features(space, [g for _, g in data]), [e for e, _ in data])
+        fits += 1
+        order = np.argsort(predictor.predict(_features(space, cands)), kind="stable")
+        chosen = [cands[i] for i in order[:population]]
+        for i in order[population:]:  # unevaluated candidates may come back later
+            seen.discard(_key(cands[i]))
+        data += list(zip(evaluate(chosen), chosen, strict=True))
+        bar.update(1)
+        bar.set_postfix(best=f"{min(e for e, _ in data):.4g}")
+    bar.close()
+    err, best = min(data, key=lambda s: s[0])
+    meta = {
+        **meta,
+        "calibration_error": err,
+        "iterations": stages,
+        "evaluations": evaluate.count,
+        "pool": pool,
+        "predictor_fits": fits,
     }
     return _usf_schedule(space, best[0], space.plan(best), meta=meta)
 
@@ -889,7 +1092,7 @@ def _gradient(denoiser, noise, cond, ref, space, init, iterations, progress, met
         lam0 = 0.5 * space.path.log_snr(init.times[1:-1])
         plan = usf_plan(space.path, init.times, init.orders, init.predictions, init.correctors)
     else:  # the best known sampler (`_seeds`, no corrector) on the calibration batch
-        evaluate = _Evaluator(denoiser, noise, cond, ref, space)
+        evaluate = _Evaluator(denoiser, noise, cond, _scorer("endpoint", ref), space)
         cands = [g for g in _seeds(space) if not g[3].any()]  # (no correctors)
         genome = cands[int(np.argmin(evaluate(cands)))]
         lam0, plan = torch.as_tensor(genome[0]), space.plan(genome)
@@ -917,7 +1120,7 @@ def _gradient(denoiser, noise, cond, ref, space, init, iterations, progress, met
 
 
 def _autodiffusion(
-    denoiser, noise, cond, ref, nfe, solver, t_max, iterations, population, rng, progress, meta
+    denoiser, noise, cond, score, nfe, solver, t_max, iterations, population, rng, progress, meta
 ):
     name = resolve_solver(solver)
     spec = SOLVERS.get(name)
@@ -941,8 +1144,7 @@ def _autodiffusion(
         for g in genomes:
             t = space.times(torch.as_tensor(g[0], dtype=torch.float64)[None])[0]
             with torch.no_grad():
-                e = endpoint_error(spec.fn(denoiser, x_start, t, cond=cond, **opts), ref)
-            errs.append(e if math.isfinite(e) else math.inf)
+                errs += score(spec.fn(denoiser, x_start, t, cond=cond, **opts)[None])
             count[0] += 1
         return errs
 
