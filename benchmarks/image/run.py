@@ -97,6 +97,9 @@ class Args:
     """NFE of the searched (S^3-style) and learned (LSD, LSD+) schedules."""
     few_step_nfe: tuple[int, ...] = (4,)
     """NFE the few-step methods are trained for."""
+    train_students: bool = True
+    """Train the students that have no finished run; with --no-train-students only finished
+    runs are scored (students trained elsewhere with the same settings, e.g. in parallel)."""
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -279,6 +282,9 @@ class Bench:
         a = self.args
         for method in a.methods:
             for nfe in (a.few_step_nfe if method in FEW_STEP else (0,)):
+                run = self.runs / "students" / f"{method}-{nfe or 1}"
+                if not a.train_students and not _finished(run, a.distill_steps):
+                    continue
                 self.row(f"student/{method}/{nfe or 1}",
                          lambda m=method, n=nfe: self._student(m, n))
 
@@ -295,6 +301,8 @@ class Bench:
                                          resume=(run / "run.json").exists(), ckpt_every=250))
         train_s = time.perf_counter() - t0
         gen, info = load_student(run)
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
+            if (run / "log.jsonl").exists() else []
         s_nfe = info["student"]["nfe"]
         with torch.no_grad():
             x = torch.cat([gen.generate(self.noise[i:i + 250], self.labels[i:i + 250], nfe=s_nfe)
@@ -304,11 +312,12 @@ class Bench:
         show = torch.arange(min(100, a.n))
         save_panels([(f"{method}, {s_nfe} NFE", x[show].clamp(-1, 1))], grid,
                     nrow=self.train.num_classes)
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
-            if (run / "log.jsonl").exists() else []
         return {"model": "student", "sampler": method, "nfe": s_nfe, "run": run.name,
-                "steps": info["extra"]["steps"], "train_seconds": train_s if not finished else
-                None, "seconds_per_image": student_s, "teacher35_seconds_per_image": teacher_s,
+                "steps": info["extra"]["steps"],
+                # the trainer's clock at its last log line (counts a run trained elsewhere)
+                "train_seconds": log[-1]["time"] if log and "time" in log[-1] else
+                (None if finished else train_s),
+                "seconds_per_image": student_s, "teacher35_seconds_per_image": teacher_s,
                 "speed_up": teacher_s / student_s, "grid": str(grid.relative_to(ROOT.parent)),
                 "final_logs": log[-1].get("logs") if log else None, **self.score(x)}
 
