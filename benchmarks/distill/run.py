@@ -97,7 +97,11 @@ class Args:
     """Teacher training steps (Adam, one-cycle learning rate)."""
     teacher_batch: int = 512
     hidden: int = 128
-    """Teacher MLP width (depth 3; the toy configs are sized for 128, the test teachers')."""
+    """Teacher MLP width (depth 3; the toy configs are sized for 128, the test teachers'). The
+    students copy the teacher's network, so a wider teacher slows every row. Measured on the
+    checkerboard (50 NFE, dpm++2m, 5000 samples, one thread): width 128 with 4000 steps puts 0.850
+    of its samples in the squares at C2ST 0.545; width 256 with 3000 steps 0.855 at C2ST 0.542,
+    for 3.6x the time per step (data: 1.000 and 0.490)."""
     batch: int = 256
     """Distillation batch size (the toy configs are sized for 256)."""
     steps_scale: float = 1.0
