@@ -13,11 +13,18 @@ w_t = sigma_t^2 / alpha_t * CS / ||x0_real(x_t) - x||_1, the gradient on x is
     g = (x0_fake(x_t) - x0_real(x_t)) / mean|x0_real(x_t) - x|.
 
 It is applied as 0.5 * ||x - stopgrad(x - g)||^2, whose gradient in x is g.
+
+DMD2's details follow the official code (tianweiy/DMD2, `main/edm/edm_guidance.py`): the fake
+score regresses x0 over the whole noise range with EDM's weight 1/sigma^2 + 1/sigma_data^2
+(`fake_score_loss`), the discriminator sees its inputs diffused to any noise level of the
+schedule (`diffusion_gan_max_timestep` = all 1000 steps), and on a UNet the GAN head is a stack of
+strided convolutions on the bottleneck (`ConvDiscriminatorHead`, the code's `cls_pred_branch`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +34,8 @@ from torch import Tensor, nn
 from ..convert import broadcast
 from ..denoiser import Denoiser
 from ..method_registry import describe
+from ..nn.lpips import BACKBONES, LPIPS
+from ..nn.unet import UNet, _groups
 from ..sampling import resolve_solver, sample
 from .base import (
     DenoiserGenerator,
@@ -46,7 +55,12 @@ __all__ = [
     "DMD2Config",
     "DMD2Distiller",
     "DiscriminatorHead",
+    "ConvDiscriminatorHead",
+    "FakeCritic",
+    "FAKE_WEIGHTINGS",
     "sample_dm_times",
+    "floored_times",
+    "fake_score_loss",
     "distribution_matching_loss",
     "regression_loss",
     "gan_generator_loss",
@@ -122,11 +136,66 @@ def distribution_matching_loss(
     }
 
 
-def regression_loss(x: Tensor, target: Tensor) -> tuple[Tensor, dict]:
-    """DMD's regression loss (Sec. 3.3) E || G(z) - y ||^2 to the teacher's ODE output y for
-    the same noise z (LPIPS in the paper for images; mean squared error here, any data shape)."""
-    loss = (x.float() - target.float()).pow(2).flatten(1).mean(1).mean()
+def regression_loss(x: Tensor, target: Tensor, lpips: LPIPS | None = None) -> tuple[Tensor, dict]:
+    """DMD's regression loss (Sec. 3.3, Eq. 9) E l(G(z), y) to the teacher's ODE output y for the
+    same noise z: l = LPIPS (the paper's, Zhang et al. 2018 Eq. 1) when `lpips` is given (images
+    (B, 1 or 3, H, W) in [-1, 1]), else the mean squared error (any data shape)."""
+    if lpips is not None:
+        loss = lpips(x, target).mean()
+    else:
+        loss = (x.float() - target.float()).pow(2).flatten(1).mean(1).mean()
     return loss, {"reg_loss": loss.detach().item()}
+
+
+FAKE_WEIGHTINGS = ("edm", "snr", "native")
+
+
+def floored_times(n: int, path, *, t_min: float, t_max: float, sigma_min: float,
+                  generator=None, device=None) -> Tensor:
+    """t ~ U[max(t_min, t(sigma_min)), t_max] (B,) float64, t(sigma_min) the time whose noise
+    level sigma/alpha is sigma_min (DMD2's code: EDM's sigma_min = 0.002 is its first of 1000
+    Karras levels); rounded to a discrete path's steps as `sample_dm_times`."""
+    floor = float(path.t_from_sigma_ve(sigma_min)) if sigma_min > 0 else 0.0
+    lo = min(max(t_min, floor), t_max)
+    return sample_dm_times(n, path, t_min=lo, t_max=t_max, generator=generator, device=device)
+
+
+def fake_score_loss(
+    fake: Denoiser,
+    x0: Tensor,
+    *,
+    weighting: str = "edm",
+    generator=None,
+    cond=None,
+    sigma_min: float = 0.002,
+    sigma_data: float | None = None,
+    t_min: float = 0.02,
+    t_max: float = 0.98,
+) -> tuple[Tensor, Tensor]:
+    """DMD2's fake-score loss on generator samples x0 (B, ...) -> (per-sample loss (B,), t (B,)).
+
+    "edm" (DMD2's ImageNet code, `compute_loss_fake`): t over the whole schedule (from the level
+    sigma_min up to t = 1), the x0 error weighted by EDM's lambda = 1/sigma^2 + 1/sigma_data^2
+    (Karras et al. 2022, Eq. 8 and Table 1), sigma = sigma_t / alpha_t; sigma_data None: the
+    path's, else 0.5. "snr": weight alpha^2 / sigma^2 only, the same range: the eps-prediction
+    MSE of DMD2's Stable Diffusion code, written in x0 units. "native": denoising score matching
+    in the network's own prediction kind on t ~ U[t_min, t_max], unweighted."""
+    if weighting == "native":
+        return denoising_loss(fake, x0, generator=generator, cond=cond, t_min=t_min, t_max=t_max)
+    if weighting not in FAKE_WEIGHTINGS:
+        raise ValueError(f"unknown fake weighting {weighting!r}; use one of {FAKE_WEIGHTINGS}")
+    path = fake.path
+    t = floored_times(x0.shape[0], path, t_min=0.0, t_max=1.0, sigma_min=sigma_min,
+                      generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    c = path.coefficients(t)
+    x_t = broadcast(c.alpha, x0) * x0 + broadcast(c.sigma, x0) * noise
+    err = (fake.x0(x_t, t, cond) - x0).float().pow(2).flatten(1).mean(1)  # (B,) in x0 units
+    weight = 1.0 / path.sigma_ve(t) ** 2  # alpha^2 / sigma^2: 0 at t = 1 when alpha(1) = 0
+    if weighting == "edm":
+        sd = sigma_data or getattr(path, "sigma_data", 0.5)
+        weight = weight + 1.0 / sd**2
+    return weight.to(err) * err, t
 
 
 def gan_generator_loss(logits_fake: Tensor) -> Tensor:
@@ -236,6 +305,15 @@ class DMDConfig:
     """Deterministic core solver for the pairs (any name or alias of `sampling.sample`)."""
     reg_batch: int | None = None
     """Pairs per generator update; None: the batch size."""
+    lpips_weights: str = ""
+    """File of LPIPS weights (backbone and learned linear layers, the reference implementation's
+    state dict; see `nn.lpips`): the regression loss is then LPIPS, as in the paper (Sec. 3.3),
+    on images (B, 1 or 3, H, W) in [-1, 1]. Empty: the mean squared error (any data)."""
+    lpips_net: str = "vgg"
+    """LPIPS backbone the weights belong to: "vgg" or "alex"."""
+    lpips_resize: int = 0
+    """Bilinearly resize both images to this side before LPIPS (0: as they are; VGG16 needs at
+    least 16 x 16, AlexNet about 64 x 64)."""
     guidance: float = 1.0
     """Classifier-free guidance scale of the real score only, for conditional teachers (the
     fake score stays unguided; the paper guides text-to-image, not ImageNet)."""
@@ -273,6 +351,13 @@ class DMDConfig:
             resolve_solver(self.pair_solver)
         if self.reg_batch is not None and self.reg_batch < 1:
             raise ValueError(f"DMDConfig.reg_batch must be >= 1 or None, got {self.reg_batch}")
+        if self.lpips_net not in BACKBONES:
+            raise ValueError(f"unknown DMDConfig.lpips_net {self.lpips_net!r}; use one of "
+                             f"{sorted(BACKBONES)}")
+        if self.lpips_weights and not os.path.isfile(self.lpips_weights):
+            raise ValueError(f"DMDConfig.lpips_weights: no file {self.lpips_weights!r}")
+        if self.lpips_resize < 0:
+            raise ValueError(f"DMDConfig.lpips_resize must be >= 0, got {self.lpips_resize}")
         if self.guidance < 0:
             raise ValueError(f"DMDConfig.guidance must be >= 0, got {self.guidance}")
         if not 0.0 < self.t_start <= 1.0:
@@ -322,6 +407,14 @@ class DMDDistiller(Distiller):
         self.ema = self.add_ema("student", self.student, c.ema_decay) if c.ema_decay else None
         self.gen = DenoiserGenerator(self.student, t_start=c.t_start)
         self.pairs = dict(pairs) if pairs is not None else None
+        self.lpips = (LPIPS.from_file(c.lpips_weights, c.lpips_net, resize=c.lpips_resize)
+                      if c.lpips_weights else None)
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        frozen = super().frozen_modules()
+        if self.lpips is not None:
+            frozen["lpips"] = self.lpips
+        return frozen
 
     # -- regression pairs in the checkpoint ----------------------------------------------------
     def extra_state(self) -> dict:
@@ -376,7 +469,7 @@ class DMDDistiller(Distiller):
         )
         loss = loss_kl
         if use_reg:
-            loss_reg, reg_logs = regression_loss(xr, yr)
+            loss_reg, reg_logs = regression_loss(xr, yr, self.lpips)
             loss = loss + c.reg_weight * loss_reg
             logs.update(reg_logs)
         logs["gen_grad_norm"] = self.update("student", loss, clip=c.grad_clip or None)
@@ -418,6 +511,76 @@ class DiscriminatorHead(nn.Module):
         return self.net(h).squeeze(-1)  # (B,)
 
 
+class ConvDiscriminatorHead(nn.Module):
+    """DMD2's GAN classifier on a UNet's bottleneck (Sec. 4.3; the official code's
+    `cls_pred_branch` for 64x64 ImageNet): features (B, C, h, w), resampled to 8 x 8 (the
+    bottleneck size there; adaptive average pooling, the identity at 8 x 8), then
+    conv 4x4 stride 2 (8 -> 4), GroupNorm, SiLU, conv 4x4 stride 4 (4 -> 1), GroupNorm, SiLU,
+    conv 1x1 to one logit per sample. The width stays C, as in the code."""
+
+    size = 8
+
+    def __init__(self, channels: int):
+        super().__init__()
+        c = int(channels)
+        self.channels = c
+        self.net = nn.Sequential(
+            nn.Conv2d(c, c, 4, stride=2, padding=1), nn.GroupNorm(_groups(c), c), nn.SiLU(),
+            nn.Conv2d(c, c, 4, stride=4), nn.GroupNorm(_groups(c), c), nn.SiLU(),
+            nn.Conv2d(c, 1, 1),
+        )
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        if len(features) != 1 or features[0].ndim != 4 or features[0].shape[1] != self.channels:
+            shapes = [tuple(f.shape) for f in features]
+            raise ValueError(f"ConvDiscriminatorHead takes one (B, {self.channels}, h, w) "
+                             f"feature map, got {shapes}")
+        h = F.adaptive_avg_pool2d(features[0].float(), self.size)  # (B, C, 8, 8)
+        return self.net(h).flatten()  # (B,)
+
+
+DISC_HEADS = ("auto", "conv", "mlp")
+
+
+def find_unet(module: nn.Module) -> str | None:
+    """The name of the first UNet inside `module` ("" for the module itself), or None."""
+    for name, m in module.named_modules():
+        if isinstance(m, UNet):
+            return name
+    return None
+
+
+class FakeCritic:
+    """DMD2's discriminator: a head on intermediate features of the fake score network (so the
+    GAN loss trains the fake network too). head="auto": the conv head on the bottleneck (mid2)
+    of a UNet fake network, else the MLP head on `layers` (default `dispersive.default_layers`);
+    "conv" insists on the UNet, "mlp" on the MLP head. `critic(x_t, t, cond)` -> logits (B,)."""
+
+    def __init__(self, fake: Denoiser, *, head: str = "auto", hidden: int = 64, layers=None):
+        if head not in DISC_HEADS:
+            raise ValueError(f"unknown discriminator head {head!r}; use one of {DISC_HEADS}")
+        net = fake.model
+        unet = find_unet(net) if layers is None else None
+        if head == "conv" and (layers is not None or unet is None):
+            raise ValueError("disc_head='conv' needs a UNet fake network and no disc_layers "
+                             f"(got {type(net).__name__}, layers={layers})")
+        self.fake = fake
+        if head != "mlp" and unet is not None:
+            self.layers = [f"{unet}.mid2" if unet else "mid2"]
+            bottleneck = net.get_submodule(self.layers[0])
+            self.head: nn.Module = ConvDiscriminatorHead(bottleneck.res.conv2.out_channels)
+        else:
+            self.layers = list(layers or default_layers(net))
+            self.head = DiscriminatorHead(hidden)
+        self.features = FeatureHook(net, self.layers)
+        self.features.enabled = False  # records only inside __call__
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        with self.features.capture():
+            self.fake(x_t, t, cond)
+        return self.head(self.features.tensors())
+
+
 @dataclass(frozen=True)
 class DMD2Config:
     """DMD2 (Yin et al. 2024b, "Improved Distribution Matching Distillation for Fast Image
@@ -437,19 +600,38 @@ class DMD2Config:
     """Two time-scale update rule (Sec. 4.2): fake score updates per generator update (5 for
     ImageNet and SDXL, 10 for SD v1.5)."""
     t_min: float = 0.02
-    """Smallest noise level of the distribution matching and fake losses (0.02 T)."""
+    """Smallest noise level of the distribution matching loss (0.02 T; the official code's
+    min_step_percent)."""
     t_max: float = 0.98
-    """Largest noise level (0.98 T)."""
+    """Largest noise level of the distribution matching loss (0.98 T)."""
+    fake_weighting: str = "edm"
+    """The fake score's denoising loss (`fake_score_loss`): "edm", the official ImageNet code's,
+    x0 error weighted by 1/sigma^2 + 1/sigma_data^2 over the whole schedule; "snr", the SD
+    code's eps loss (weight alpha^2/sigma^2 in x0 units); "native", the network's own prediction
+    kind on [t_min, t_max] unweighted (this project's earlier default)."""
+    sigma_min: float = 0.002
+    """Smallest noise level sigma/alpha of the fake score's loss and of the discriminator's
+    inputs (the code's EDM sigma_min, its first of 1000 Karras levels; a discrete path's first
+    step when that is larger)."""
+    sigma_data: float | None = None
+    """sigma_data of the "edm" weighting; None: the path's (EDM path), else 0.5 (the code's)."""
+    gan_t_range: tuple[float, float] = (0.0, 1.0)
+    """Times the discriminator's real and generated inputs are diffused to, t ~ U[lo, hi]
+    (floored at sigma_min): the official code draws any of the schedule's 1000 steps
+    (diffusion_gan_max_timestep = 1000), so the whole range."""
     gan_weight: float = 3e-3
     """Generator GAN loss weight (paper code: 3e-3 for ImageNet, 5e-3 for SDXL). 0: no GAN."""
     disc_weight: float = 1e-2
     """Discriminator loss weight, added to the fake score's loss (paper code: 1e-2)."""
+    disc_head: str = "auto"
+    """"auto": on a UNet fake network the paper's conv head on the bottleneck
+    (ConvDiscriminatorHead), else the MLP DiscriminatorHead; "conv" or "mlp" to insist."""
     disc_hidden: int = 64
-    """Width of the DiscriminatorHead."""
+    """Width of the MLP DiscriminatorHead."""
     disc_layers: tuple[str, ...] | None = None
-    """Names of the fake network's submodules whose outputs feed the discriminator head (see
+    """Names of the fake network's submodules whose outputs feed the MLP head (see
     `dict(net.named_modules())`); None: `dispersive.default_layers` (the middle block of an MLP
-    or DiT, the UNet's bottleneck `mid2`)."""
+    or DiT)."""
     times: tuple[float, ...] = (1.0,)
     """The generator's time grid, t_start first (Sec. 4.5). (1.0,) is the one-step ImageNet
     generator; (1.0, 0.75, 0.5, 0.25) the 4-step SDXL one (timesteps 999, 749, 499, 249)."""
@@ -488,6 +670,12 @@ class DMD2Config:
                 raise ValueError(f"DMD2Config.{name} must be >= 0, got {getattr(self, name)}")
         if self.disc_hidden < 1:
             raise ValueError(f"DMD2Config.disc_hidden must be >= 1, got {self.disc_hidden}")
+        check_gan_fields(self)
+        if self.fake_weighting not in FAKE_WEIGHTINGS:
+            raise ValueError(f"unknown DMD2Config.fake_weighting {self.fake_weighting!r}; use "
+                             f"one of {FAKE_WEIGHTINGS}")
+        if self.sigma_data is not None and not self.sigma_data > 0:
+            raise ValueError(f"DMD2Config.sigma_data must be None or > 0, got {self.sigma_data}")
         _check_times(self.times, "DMD2Config.times")
         if self.guidance < 0:
             raise ValueError(f"DMD2Config.guidance must be >= 0, got {self.guidance}")
@@ -503,7 +691,7 @@ class DMD2Config:
         fake_lr 1e-3 (SIM's) instead of 3e-4, gives 1.26x / 1.34x on checkerboard / gmm8d,
         from 1.59x / 1.54x; decaying the generator's lr over the run (1.59x / 1.54x) and a GAN
         weight of 0.03 instead of 3e-3 (1.57x on checkerboard) did not help."""
-        base = dict(lr=3e-4, fake_lr=1e-3, fake_updates=5, ema_decay=0.99)
+        base = dict(lr=3e-4, fake_lr=1e-3, fake_updates=5, ema_decay=0.99, sigma_data=1.0)
         base.update(overrides)
         return cls(**base)
 
@@ -535,10 +723,9 @@ class DMD2Distiller(Distiller):
         self.use_gan = c.gan_weight > 0 or c.disc_weight > 0
         fake_params = list(self.fake.parameters())
         if self.use_gan:
-            self.disc = self.add_module("disc", DiscriminatorHead(c.disc_hidden))
-            layers = list(c.disc_layers or default_layers(self.fake.model))
-            self.features = FeatureHook(self.fake.model, layers)
-            self.features.enabled = False  # records only inside `_discriminate`
+            self.critic = FakeCritic(self.fake, head=c.disc_head, hidden=c.disc_hidden,
+                                     layers=c.disc_layers)
+            self.disc = self.add_module("disc", self.critic.head)
             fake_params += list(self.disc.parameters())
         self.add_optimizer(
             "student", self.student.parameters(), lr=c.lr, betas=c.betas,
@@ -550,20 +737,8 @@ class DMD2Distiller(Distiller):
         self.gen = DenoiserGenerator(self.student, times=self.times, stochastic=True)
 
     def _discriminate(self, x0: Tensor, cond, generator) -> Tensor:
-        """Logits of the head on x0 diffused to t ~ U[t_min, t_max] (DMD2 Sec. 4.3)."""
-        c = self.config
-        t = sample_dm_times(
-            x0.shape[0],
-            self.teacher.path,
-            t_min=c.t_min,
-            t_max=c.t_max,
-            generator=generator,
-            device=x0.device,
-        )
-        x_t = self.diffuse(x0, t, self.noise_like(x0, generator))
-        with self.features.capture():
-            self.fake(x_t, t, cond)
-        return self.disc(self.features.tensors())
+        """Logits of the head on x0 diffused to t ~ U[gan_t_range] (DMD2 Sec. 4.3)."""
+        return discriminate(self.critic, x0, cond, generator, self.config, self)
 
     def _generate(self, z: Tensor, x_data: Tensor, cond, generator, *, grad: bool) -> Tensor:
         """Generator samples x0 (B, ...). Each sample ends at a uniformly drawn step k of the
@@ -605,8 +780,9 @@ class DMD2Distiller(Distiller):
         for _ in range(c.fake_updates):
             z = self.noise_like(x_data, generator)
             x_gen = self._generate(z, x_data, cond, generator, grad=False)
-            fake_loss, _ = denoising_loss(
-                self.fake, x_gen, generator=generator, cond=cond, t_min=c.t_min, t_max=c.t_max
+            fake_loss, _ = fake_score_loss(
+                self.fake, x_gen, weighting=c.fake_weighting, generator=generator, cond=cond,
+                sigma_min=c.sigma_min, sigma_data=c.sigma_data, t_min=c.t_min, t_max=c.t_max,
             )
             loss = fake_loss.mean()
             fake_sum += loss.detach().item()
@@ -702,6 +878,32 @@ def dm_fake(teacher: Denoiser, config) -> Denoiser:
     student's distribution, which it models, depends on w)."""
     return student_from_teacher(
         teacher, guidance={} if config.guidance_range is not None else None)
+
+
+def check_gan_fields(config) -> None:
+    """The discriminator fields shared by DMD2Config and MSDConfig."""
+    name = type(config).__name__
+    if config.disc_head not in DISC_HEADS:
+        raise ValueError(f"unknown {name}.disc_head {config.disc_head!r}; use one of {DISC_HEADS}")
+    if config.disc_head == "conv" and config.disc_layers is not None:
+        raise ValueError(f"{name}: disc_layers feed the MLP head; the conv head takes the UNet's "
+                         "bottleneck")
+    lo, hi = config.gan_t_range
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"{name}.gan_t_range must satisfy 0 <= lo < hi <= 1, got "
+                         f"{config.gan_t_range}")
+    if not config.sigma_min >= 0:
+        raise ValueError(f"{name}.sigma_min must be >= 0, got {config.sigma_min}")
+
+
+def discriminate(critic: FakeCritic, x0: Tensor, cond, generator, config, distiller) -> Tensor:
+    """The critic's logits (B,) on x0 diffused (fresh noise) to t ~ U[config.gan_t_range], floored
+    at config.sigma_min (DMD2 Sec. 4.3; the official code's diffusion GAN over all steps)."""
+    lo, hi = config.gan_t_range
+    t = floored_times(x0.shape[0], distiller.teacher.path, t_min=lo, t_max=hi,
+                      sigma_min=config.sigma_min, generator=generator, device=x0.device)
+    x_t = distiller.diffuse(x0, t, distiller.noise_like(x0, generator))
+    return critic(x_t, t, cond)
 
 
 def _check_times(times, name: str) -> None:
