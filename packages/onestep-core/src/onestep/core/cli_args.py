@@ -217,8 +217,8 @@ class SearchArgs:
 
     The sampler (times, per-step order, prediction and corrector) spends exactly --nfe network
     evaluations and is chosen by its endpoint error to the adaptive RK45 reference on
-    calibration noise; --learn then fits its coefficients (LSD). Writes a schedule JSON that
-    `onestep.core.sample(..., schedule=FILE)` runs."""
+    calibration noise; --learn then fits its coefficients (LSD, or --lsd-method endpoint).
+    Writes a schedule JSON that `onestep.core.sample(..., schedule=FILE)` runs."""
 
     model: str = ""
     """Folder of a model written by `onestep train` or onestep.core.io.save_model (model.json and
@@ -242,8 +242,13 @@ class SearchArgs:
     """Then learn the solver's per-step coefficients (learnable sampler distillation, LSD)."""
     learn_times: bool = False
     """With --learn, learn the times as well (LSD+)."""
+    lsd_method: str = "lsd"
+    """With --learn: lsd (Fu et al. 2025: one scale of the model output per step, every step's
+    state matched to the teacher's, Adam) or endpoint (every Taylor multiplier, L-BFGS on the
+    endpoint error plus 0.05 x the intermediate ones). Both pick the iterate by its error on a
+    held-out quarter of the calibration noise."""
     lsd_iterations: int = 200
-    """L-BFGS evaluations of LSD."""
+    """Adam steps (lsd) or L-BFGS evaluations (endpoint) of --learn."""
     shape: tuple[int, ...] = ()
     """Shape of one sample; () infers it from an MLP's dim or a DiT's input_shape."""
     out: str = "schedule.json"

@@ -2,6 +2,8 @@
 
     onestep search-schedule --model runs/demo/teacher --nfe 5 --out schedule.json
     onestep search-schedule --model runs/demo/teacher --nfe 4 --learn --learn-times
+    onestep search-schedule --model runs/demo/teacher --nfe 4 --method none --learn \
+        --lsd-method endpoint
 
 The schedule JSON is then used as `sample(denoiser, noise, nfe=5, schedule="schedule.json")`.
 """
@@ -37,7 +39,7 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
     """Run the search (and LSD), write the schedule, and report held-out errors."""
     from .io import load_model
     from .sampling import default_sampler, sample
-    from .search import METHODS, endpoint_error, learn_sampler, search_schedule
+    from .search import LEARNERS, METHODS, endpoint_error, learn_sampler, search_schedule
 
     if not args.model:
         raise ValueError("--model is required: a folder written by onestep.core.io.save_model")
@@ -45,6 +47,8 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
         raise ValueError(f"unknown --method {args.method!r}; use one of {list(METHODS)} or none")
     if args.method == "none" and not args.learn:
         raise ValueError("--method none searches nothing: add --learn (LSD from dpm++2m)")
+    if args.lsd_method not in LEARNERS:
+        raise ValueError(f"unknown --lsd-method {args.lsd_method!r}; use one of {list(LEARNERS)}")
     if args.learn_times and not args.learn:
         raise ValueError("--learn-times is LSD+: add --learn")
     if args.threads < 0:
@@ -80,6 +84,7 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
             nfe=args.nfe,
             noise=calib,
             base=schedule,
+            method=args.lsd_method,
             learn_times=args.learn_times,
             iterations=args.lsd_iterations,
             progress=args.progress,

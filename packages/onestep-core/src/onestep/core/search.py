@@ -35,9 +35,12 @@ default the RMS endpoint error to the adaptive RK45 reference, or any callable s
                    (endpoint error only: it needs the metric's gradient).
   "autodiffusion"  the times only, for a fixed registered solver (Li et al. 2023, AutoDiffusion:
                    training-free evolutionary time-step search, against FID in the paper).
-`learn_sampler` is learnable sampler distillation (LSD; Fu et al. 2025, carried from discrete to
-continuous diffusion): the c_in are learned so that the few-step trajectory matches the teacher's
-RK45 trajectory after every step; LSD+ (`learn_times=True`) learns the times too.
+`learn_sampler` learns the c_in from the RK45 teacher: method="lsd" is learnable sampler
+distillation (LSD; Fu et al. 2025, carried from discrete to continuous diffusion): one scale of
+the model output per step, so that the student's state after every step matches the teacher's,
+each step weighted equally and each scale moved by its own step's loss; method="endpoint" frees
+every c_in against the endpoint error (plus a little of the intermediate ones). LSD+ (and
+endpoint+), `learn_times=True`, learn the times too.
 """
 
 from __future__ import annotations
@@ -315,11 +318,13 @@ def _update(x, grid, i, kind, taylor, c):
     return torch.where(_col(kind == 2, x).bool(), x_vel, out)
 
 
-def _run(denoiser, x, t, plan, coef, cond, *, callback=None, keep=False):
+def _run(denoiser, x, t, plan, coef, cond, *, callback=None, keep=False, detach=False):
     """The USF solver for P candidates at once. x: (P, N, ...) at t[:, 0]; t: (P, K+1) float64
     (may require grad); plan: (orders, prediction index, corrector mask), each (P, K),
-    normalised by `usf_plan`; coef: (P, K, 4) multipliers or None. Returns (x at t[:, -1], the
-    states at t[:, 1:] if keep)."""
+    normalised by `usf_plan`; coef: (P, K, 4) multipliers or None. detach: every step starts
+    from its state and history detached, so the state after step i has gradients only through
+    step i's own multipliers (and the times), as LSD's per-step updates. Returns (x at t[:, -1],
+    the states at t[:, 1:] if keep)."""
     path = denoiser.path
     p, n = x.shape[:2]
     steps = t.shape[1] - 1
@@ -333,7 +338,7 @@ def _run(denoiser, x, t, plan, coef, cond, *, callback=None, keep=False):
     states, last = [], None  # last: (x_i, step i's predictor nodes and values)
     for i in range(steps):
         # 1. the model at (x_i, t_i), every candidate in one batch
-        flat = x.reshape(p * n, *x.shape[2:])
+        flat = (x.detach() if detach else x).reshape(p * n, *x.shape[2:])
         x0, eps = denoiser.x0_eps(flat, t[:, i].repeat_interleave(n), cond)
         x0, eps = x0.reshape(x.shape), eps.reshape(x.shape)
         vel = _col(co.d_alpha[:, i], x) * x0 + _col(co.d_sigma[:, i], x) * eps
@@ -352,6 +357,8 @@ def _run(denoiser, x, t, plan, coef, cond, *, callback=None, keep=False):
             x = torch.where(_col(corr[:, i - 1], x).bool(), x_corr, x)
         if keep and i > 0:
             states.append(x)
+        if detach:
+            x = x.detach()
         report(callback, i, t[0, i].item(), x[0], x0[0])
         # 3. predictor: Taylor expansions at lam_i (x0, eps; finite-lam history) and at t_i
         #    (velocity; all history) through the last k_i predictions
@@ -721,8 +728,12 @@ def _is_pure(path, t: float) -> bool:
     return path.alpha(torch.tensor(t, dtype=torch.float64)).item() == 0.0
 
 
-def _usf_schedule(space: _Space, lam, plan: Plan, coefficients=None, meta=None) -> Schedule:
-    times = space.times(torch.as_tensor(lam, dtype=torch.float64).detach()[None])[0]
+def _usf_schedule(
+    space: _Space, lam, plan: Plan, coefficients=None, meta=None, times=None
+) -> Schedule:
+    """A USF Schedule on the interior lam (or exactly on `times`, when given)."""
+    if times is None:
+        times = space.times(torch.as_tensor(lam, dtype=torch.float64).detach()[None])[0]
     return Schedule(
         times,
         orders=plan.orders,
@@ -1173,38 +1184,150 @@ def _autodiffusion(
 
 
 # -- learnable sampler distillation -------------------------------------------------------------
+LEARNERS = ("lsd", "endpoint")
+
+
+def _per_sample(cond, n: int) -> bool:
+    """Whether a condition holds one entry per sample (a tensor (n, ...), or a dict of them)."""
+    if isinstance(cond, dict):
+        return any(_per_sample(v, n) for v in cond.values())
+    return torch.is_tensor(cond) and cond.ndim > 0 and cond.shape[0] == n
+
+
+def _take(cond, idx: Tensor, n: int):
+    """The rows idx of a per-sample condition (n, ...) (dicts entry by entry); others as is."""
+    if isinstance(cond, dict):
+        return {k: _take(v, idx, n) for k, v in cond.items()}
+    return cond[idx] if _per_sample(cond, n) else cond
+
+
+def _teacher_states(denoiser, noise: Tensor, cond, times: Tensor) -> Tensor:
+    """The RK45 teacher (`sample(..., solver="rk45")`) from `noise`, stepping through every one of
+    the K+1 `times`: its states (K, N, ...) at times[1:]."""
+    seen: list[Tensor] = []
+    with torch.no_grad():
+        end = sample(
+            denoiser,
+            noise,
+            nfe=None,
+            solver="rk45",
+            schedule=times,
+            cond=cond,
+            callback=lambda d: seen.append(d["x"]),
+        )
+    return torch.stack(seen[1:] + [end])
+
+
+@dataclass(frozen=True)
+class _Teacher:
+    """The teacher of one batch after every student step: its states at the student's fixed
+    times (K, N, ...), or, when the times move (LSD+), a Trajectory to interpolate."""
+
+    fixed: Tensor | None
+    trajectory: Trajectory | None
+
+    def targets(self, lam: Tensor) -> Tensor:
+        """(K, N, ...) the teacher at the student's times after each step: interior lam (K-1,)
+        (where the trajectory is interpolated), then t = 0."""
+        if self.fixed is not None:
+            return self.fixed
+        return torch.cat([self.trajectory.at(lam), self.trajectory.endpoint[None]])
+
+    def rows(self, idx: Tensor) -> _Teacher:
+        """The same teacher on the samples idx."""
+        if self.fixed is not None:
+            return _Teacher(self.fixed[:, idx], None)
+        tr = self.trajectory
+        return _Teacher(None, Trajectory(tr.t0, tr.lam, tr.states[:, idx], tr.endpoint[idx]))
+
+
 def learn_sampler(
     denoiser,
     *,
     nfe: int,
     noise: Tensor,
     cond=None,
+    method: str = "lsd",
     learn_times: bool = False,
     base: Schedule | None = None,
     trajectory: Trajectory | None = None,
+    heldout: float = 0.25,
+    heldout_noise: Tensor | None = None,
+    heldout_cond=None,
     iterations: int = 200,
+    lr: float = 0.05,
     trajectory_weight: float = 0.05,
     points: int = 64,
     t_max: float = 1.0,
     progress: bool = True,
 ) -> Schedule:
-    """Learnable sampler distillation (LSD, Fu et al. 2025; LSD+ with `learn_times`): per-step
-    multipliers c_in of the USF solver's Taylor terms, learned (L-BFGS, at most `iterations`
-    evaluations) so that the state after every student step matches the RK45 teacher trajectory
-    at that time, on the calibration `noise` (B, ...): the loss is the endpoint's mean squared
-    error plus `trajectory_weight` times the mean over the intermediate steps of theirs.
+    """Learn a few-step USF sampler from the RK45 teacher on calibration `noise` (B, ...).
 
+    method="lsd": learnable sampler distillation (Fu et al. 2025, Sec. 3.1, Eqs. 5-6, Alg. 2),
+        carried from discrete diffusion to the probability-flow ODE. Step k (t_k -> t_{k+1}, k =
+        0..K-1) of the base sampler uses its model output scaled by one learnable Phi_k (Eq. 5:
+        the step's prediction polynomial times Phi_k, i.e. every Taylor multiplier c_kn = Phi_k
+        c0_kn, so Phi = 1 is the base sampler exactly), Phi initialised to 1 (Alg. 2, line 1).
+        The student's state after every step is matched to the teacher's at the same time, all
+        steps with equal weight, L = 1/K sum_k L_k, L_k = E |x_{t_{k+1}} - x*_{t_{k+1}}|^2 / D
+        (Eq. 6 with the squared distance, on the state the scaled output produces: the official
+        code matches each step's transition). Each Phi_k follows the gradient of its own L_k
+        only (Alg. 2, lines 8-10): step k starts from the student's own state and history,
+        detached. Adam (the official code's optimiser) at `lr`, full batch: its script takes
+        one sample a step at 1e-2, thousands of steps; 0.05 converges here in ~100 steps.
+        With learn_times (LSD+, Sec. 3.2, Eqs. 7-8) the times are learned too, as a softmax of
+        the K logSNR increments (Eq. 7's step sizes kept positive and summing to the span),
+        against the teacher trajectory interpolated at the learned times.
+    method="endpoint": every Taylor multiplier of every step free (up to 4 a step), learned by
+        L-BFGS through the whole trajectory on the endpoint's mean squared error plus
+        `trajectory_weight` times the mean over the intermediate steps of theirs: closer to S4S
+        (Frankel et al. 2025) and LD3 than to LSD. learn_times: the times too (a softmax of
+        logSNR increments).
+
+    Both return the iterate with the smallest loss (their own) on held-out noise that no
+    gradient saw: `heldout_noise` (with `heldout_cond` for a per-sample cond), or else the last
+    `heldout` fraction of `noise` (0: chosen on the training noise itself).
     base: the sampler to start from: a USF Schedule (from search_schedule or learn_sampler) or a
         dpm++2m one, or None for DPM-Solver++(2M) on the logsnr schedule (its USF coefficients
         `dpmpp_2m_coefficients`).
-    trajectory: `teacher_trajectory(denoiser, noise, t0=<the base's first time>)`, if computed.
-    learn_times: also learn the times (a softmax of logSNR increments).
-    Returns the iterate with the smallest calibration endpoint error; `sample` runs it."""
+    trajectory: `teacher_trajectory(denoiser, noise, t0=<the base's first time>)`, if computed;
+        without it the teacher is RK45 through the student's times (or, when the times are
+        learned, a trajectory of `points` lam values).
+    meta records the method, the train / held-out endpoint RMS errors of the chosen iterate
+    (calibration_error, heldout_error) and of the start (init_error, init_heldout_error), its
+    losses (train_loss, heldout_loss), and for LSD the scales Phi; `sample(denoiser, noise,
+    nfe=nfe, schedule=s)` runs the result."""
     _check_common(denoiser, nfe, noise)
-    if not isinstance(iterations, int) or iterations < 0:
+    if method not in LEARNERS:
+        raise ValueError(f"unknown learn_sampler method {method!r}; use one of {list(LEARNERS)}")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not trajectory_weight >= 0:
         raise ValueError(f"trajectory_weight must be >= 0, got {trajectory_weight}")
+    if not (isinstance(heldout, int | float) and 0 <= heldout < 1):
+        raise ValueError(f"heldout must be a fraction in [0, 1), got {heldout!r}")
+    n = noise.shape[0]
+    if heldout_noise is not None:
+        if (
+            not torch.is_tensor(heldout_noise)
+            or not heldout_noise.is_floating_point()
+            or heldout_noise.shape[1:] != noise.shape[1:]
+            or heldout_noise.shape[0] == 0
+        ):
+            raise ValueError(
+                f"heldout_noise must be a non-empty floating-point batch of samples shaped like "
+                f"noise's, (M, {', '.join(map(str, noise.shape[1:]))}); got "
+                f"{tuple(heldout_noise.shape) if torch.is_tensor(heldout_noise) else heldout_noise}"
+            )
+        if _per_sample(cond, n) and heldout_cond is None:
+            raise ValueError("cond is per sample: pass heldout_cond for heldout_noise")
+    elif heldout > 0 and n - max(1, round(heldout * n)) < 1:
+        raise ValueError(
+            f"heldout={heldout} of {n} noise samples leaves none to learn from: pass more "
+            "noise, heldout_noise, or heldout=0"
+        )
     path = denoiser.path
     # 1. the starting sampler: times, plan, coefficients
     if base is None:
@@ -1216,7 +1339,7 @@ def learn_sampler(
         made_for = base.meta.get("solver", "dpmpp_2m")
         if made_for not in ("usf", "dpmpp_2m") or (made_for == "dpmpp_2m" and base.orders):
             raise ValueError(
-                f"LSD learns the USF solver's coefficients: base must be a USF or a "
+                f"learn_sampler learns the USF solver's coefficients: base must be a USF or a "
                 f"dpm++2m schedule, not one for {made_for!r}"
             )
         times = base.times
@@ -1228,74 +1351,178 @@ def learn_sampler(
             )
         else:
             plan = usf_plan(path, times, base.orders, base.predictions, base.correctors)
-            coef0 = base.coefficients or [[1.0] * n for n in plan.terms]
+            coef0 = base.coefficients or [[1.0] * k for k in plan.terms]
             start = base.meta.get("method", "usf")
     if times[-1].item() != 0.0:
-        raise ValueError("LSD needs a schedule that ends at t = 0")
+        raise ValueError("learn_sampler needs a schedule that ends at t = 0")
     t0 = times[0].item()
     space = _Space(path, t0, nfe, *_bounds(path, t0), _is_pure(path, t0))
-    # 2. the teacher: its trajectory on a lam grid, and its endpoint
-    if trajectory is None:
-        trajectory = teacher_trajectory(denoiser, noise, cond=cond, points=points, t0=t0)
-    elif abs(trajectory.t0 - t0) > 1e-12 or trajectory.endpoint.shape != noise.shape:
+    # 2. the teacher after every student step, on the training and the held-out noise
+    if trajectory is not None and (
+        abs(trajectory.t0 - t0) > 1e-12 or trajectory.endpoint.shape != noise.shape
+    ):
         raise ValueError(
             f"trajectory must come from teacher_trajectory(denoiser, noise, t0={t0}) "
             "on the same noise as learn_sampler"
         )
-    # 3. the parameters: the coefficients (zero past each step's terms), optionally the times
-    mask = torch.zeros(nfe, MAX_ORDER + 1, dtype=torch.float64)
-    for i, n in enumerate(plan.terms):
-        mask[i, :n] = 1
-    coef = _coefficient_tensor(coef0, plan.terms).requires_grad_(True)
+    moving = learn_times or trajectory is not None  # targets off a fixed grid: interpolate
+    if trajectory is not None:
+        points = trajectory.lam.numel()
+
+    def teacher(x, c, given=None) -> _Teacher:
+        if moving:
+            tr = given or teacher_trajectory(denoiser, x, cond=c, points=points, t0=t0)
+            return _Teacher(None, tr)
+        return _Teacher(_teacher_states(denoiser, x, c, times), None)
+
+    full = teacher(noise, cond, trajectory)
+    if heldout_noise is not None:
+        c_held = cond if heldout_cond is None else heldout_cond
+        train = (noise, cond, full)
+        held = (heldout_noise, c_held, teacher(heldout_noise, c_held))
+    elif heldout > 0:
+        n_held = max(1, round(heldout * n))
+        tr, he = torch.arange(n - n_held), torch.arange(n - n_held, n)
+        train = (noise[tr], _take(cond, tr, n), full.rows(tr))
+        held = (noise[he], _take(cond, he, n), full.rows(he))
+    else:
+        train, held = (noise, cond, full), None
+    # 3. the parameters: LSD's scale per step, or every multiplier; optionally the times
+    coef0 = _coefficient_tensor(coef0, plan.terms)  # (K, 4), zero past each step's terms
+    if method == "lsd":
+        phi = torch.ones(nfe, dtype=torch.float64, requires_grad=True)
+        params = [phi]
+
+        def coefficients():
+            return phi[:, None] * coef0
+
+    else:
+        mask = (torch.arange(MAX_ORDER + 1)[None] < torch.tensor(plan.terms)[:, None]).double()
+        coef = coef0.clone().requires_grad_(True)
+        params = [coef]
+
+        def coefficients():
+            return coef * mask
+
     lam0 = 0.5 * path.log_snr(times[1:-1])
     # (learned times start with every increment >= 2% of the range: a softmax weight near 0
-    # barely moves; LSD alone keeps the base's times exactly)
-    logits = _logits_from_lam(space, lam0, floor=0.02 if learn_times else 1e-3)
-    logits.requires_grad_(learn_times)
+    # barely moves; with fixed times the base's times are used exactly)
+    logits = _logits_from_lam(space, lam0, floor=0.02).requires_grad_(learn_times)
+    if learn_times and nfe > 1:
+        params.append(logits)
     tensors = _plan_tensors([plan])
-    x_start = (noise * path.sigma(torch.tensor(t0)).item())[None]
+    sigma0 = path.sigma(times[0]).item()  # the start, as `sample` scales the noise
     weights = torch.full((nfe,), trajectory_weight / max(nfe - 1, 1), dtype=torch.float64)
     weights[-1] = 1.0
-    best, first = [math.inf, None, None], []
+
+    detach = method == "lsd"  # each step's own gradient only (Alg. 2)
+
+    def per_step(batch, c, lam, t) -> Tensor:
+        """(K,) the mean squared error to the teacher after every step."""
+        x, bc, tch = batch
+        x_start = (x * sigma0)[None]
+        _, states = _run(denoiser, x_start, t, tensors, c[None], bc, keep=True, detach=detach)
+        pairs = zip(states, tch.targets(lam), strict=True)
+        return torch.stack([(s[0].double() - y.double()).pow(2).mean() for s, y in pairs])
+
+    def loss_of(err: Tensor) -> Tensor:
+        return err.mean() if method == "lsd" else (weights * err).sum()
+
+    seen: list[dict] = []  # every evaluated iterate
+    best = [None]
 
     def objective():
         lam = _lam_from_logits(space, logits) if learn_times else lam0
         t = space.times(lam[None]) if learn_times else times[None]
-        _, states = _run(denoiser, x_start, t, tensors, (coef * mask)[None], cond, keep=True)
-        # trajectory matching: the student after step i against the teacher at t_{i+1}
-        targets = list(trajectory.at(lam)) + [trajectory.endpoint]
-        per_step = torch.stack(
-            [
-                (s[0].double() - y.double()).pow(2).mean()
-                for s, y in zip(states, targets, strict=True)
-            ]
-        )
-        err = per_step[-1].detach().sqrt().item()
-        first.append(err)
-        if math.isfinite(err) and err < best[0]:
-            best[:] = [err, (coef * mask).detach().clone(), lam.detach().clone()]
-            bar.set_postfix(best=f"{err:.4g}")
-        return (weights * per_step).sum()
+        c = coefficients()
+        err = per_step(train, c, lam, t)
+        loss = loss_of(err)
+        rec = {
+            "train": err[-1].detach().sqrt().item(),
+            "train_loss": loss.item(),
+            "coef": c.detach().clone(),
+            "lam": lam.detach().clone(),
+        }
+        if method == "lsd":
+            rec["phi"] = phi.detach().clone()
+        if held is not None:
+            with torch.no_grad():
+                err_h = per_step(held, c, lam, t)
+            rec["heldout"], rec["heldout_loss"] = err_h[-1].sqrt().item(), loss_of(err_h).item()
+        score = rec.get("heldout_loss", rec["train_loss"])
+        rec["index"] = len(seen)
+        seen.append(rec)
+        if math.isfinite(score) and (best[0] is None or score < best[0][0]):
+            best[0] = (score, rec)
+            bar.set_postfix(best=f"{score:.4g}")
+        return loss
 
-    params = [coef] + ([logits] if learn_times and nfe > 1 else [])
-    bar = _progress(iterations, progress, f"{'lsd+' if learn_times else 'lsd'} nfe={nfe}")
+    name = method + ("+" if learn_times else "")
+    bar = _progress(iterations, progress, f"{name} nfe={nfe}")
     with _frozen(denoiser):
-        used = _minimise(params, objective, iterations, bar)
+        if method == "lsd":
+            used = _adam(params, objective, iterations, lr, bar)
+        else:
+            used = _minimise(params, objective, iterations, bar)
     bar.close()
-    first = first[0]
-    if best[1] is None:
-        raise RuntimeError("LSD diverged: every iterate gave a non-finite endpoint error")
-    coefficients = [best[1][i, :n].tolist() for i, n in enumerate(plan.terms)]
+    if best[0] is None:
+        raise RuntimeError(f"{name} diverged: every iterate gave a non-finite endpoint error")
+    rec, first = best[0][1], seen[0]
+    coefficients_out = [rec["coef"][i, :k].tolist() for i, k in enumerate(plan.terms)]
     meta = {
-        "method": "lsd+" if learn_times else "lsd",
+        "method": name,
+        "learn_times": learn_times,
+        "optimiser": "adam" if method == "lsd" else "lbfgs",
         "nfe": nfe,
         "reference": "rk45",
         "base": start,
-        "n_calib": int(noise.shape[0]),
+        "n_calib": n,
+        "n_train": int(train[0].shape[0]),
+        "n_heldout": 0 if held is None else int(held[0].shape[0]),
+        "selection": "train" if held is None else "heldout",
         "iterations": iterations,
         "evaluations": used,
-        "init_error": first,
-        "calibration_error": best[0],
+        "selected": rec["index"],
+        "init_error": first["train"],
+        "calibration_error": rec["train"],
+        "train_loss": rec["train_loss"],
     }
+    if method == "lsd":
+        meta["lr"] = float(lr)
+        meta["scales"] = rec["phi"].tolist()
+    else:
+        meta["trajectory_weight"] = float(trajectory_weight)
+    if held is not None:
+        meta.update(
+            init_heldout_error=first["heldout"],
+            heldout_error=rec["heldout"],
+            heldout_loss=rec["heldout_loss"],
+        )
     meta.update(_path_meta(path))
-    return _usf_schedule(space, best[2].numpy(), plan, coefficients=coefficients, meta=meta)
+    return _usf_schedule(
+        space,
+        rec["lam"].numpy(),
+        plan,
+        coefficients=coefficients_out,
+        meta=meta,
+        times=None if learn_times else times,
+    )
+
+
+def _adam(params: list[Tensor], objective, iterations: int, lr: float, bar) -> int:
+    """Adam (Kingma & Ba 2015) on a deterministic full-batch objective() -> loss, for
+    `iterations` updates (iterations + 1 evaluations: the last iterate is evaluated too); stops
+    at a non-finite loss. Returns the number of evaluations."""
+    opt = torch.optim.Adam(params, lr=lr) if params else None
+    used = 0
+    for it in range(iterations + 1):
+        if opt is not None:
+            opt.zero_grad()
+        loss = objective()
+        used += 1
+        if it == iterations or opt is None or not torch.isfinite(loss):
+            break
+        loss.backward()
+        opt.step()
+        bar.update(1)
+    return used
