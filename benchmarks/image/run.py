@@ -47,6 +47,7 @@ import torch
 from onestep.core.cli import parse_dataclass
 from onestep.core.distill import METHODS
 from onestep.core.io import load_student
+from onestep.core.metrics import frechet_distance
 from onestep.core.sampling import sample
 from onestep.core.search import learn_sampler, search_schedule
 from onestep.image import commands
@@ -265,16 +266,33 @@ class Bench:
                                   progress=a.progress)
                 return self._schedule_row("lsd+" if times else "lsd", nfe, s)
 
+            def searched_fd(nfe=nfe):
+                # S^3 (predictor-ranked) against sample quality: FD-<net> of the calibration
+                # samples to train images (not the held-out reference every row is scored on)
+                s = search_schedule(self.teacher, nfe=nfe, noise=calib, cond=ccond, method="s3",
+                                    metric=self._train_fd, iterations=2 if a.quick else 10,
+                                    population=12, seed=a.seed, progress=a.progress)
+                return self._schedule_row("s3 (FD metric)", nfe, s, "s3-fd")
+
             self.row(f"search/searched/{nfe}", searched)
+            self.row(f"search/s3-fd/{nfe}", searched_fd)
             self.row(f"search/lsd/{nfe}", learned)
             self.row(f"search/lsd+/{nfe}", lambda nfe=nfe: learned(nfe, True))
 
-    def _schedule_row(self, name: str, nfe: int, schedule) -> dict:
+    def _train_fd(self, x: torch.Tensor) -> float:
+        """FD-<net> of samples to 2000 training images: the FD-metric search's objective."""
+        if not hasattr(self, "_train_feats"):
+            idx = torch.randperm(len(self.train.images),
+                                 generator=torch.Generator().manual_seed(3))[:2000]
+            self._train_feats = sample_features(self.net, self.train.images[idx])[0]
+        return frechet_distance(sample_features(self.net, x.clamp(-1, 1))[0], self._train_feats)
+
+    def _schedule_row(self, name: str, nfe: int, schedule, file: str = "") -> dict:
         t0 = time.perf_counter()
         x = self.teacher_sample(self.noise, self.labels, nfe=nfe, solver=None, schedule=schedule)
         sched_dir = self.work / "schedules"
         sched_dir.mkdir(parents=True, exist_ok=True)
-        schedule.save(sched_dir / f"{name.split()[0]}-{nfe}.json")
+        schedule.save(sched_dir / f"{file or name.split()[0]}-{nfe}.json")
         return {"model": "teacher", "sampler": name, "nfe": nfe,
                 "seconds_per_image": (time.perf_counter() - t0) / self.args.n, **self.score(x)}
 
@@ -536,8 +554,8 @@ def main(argv=None) -> int:
         bench.teacher_rows(FIRST_SOLVERS)  # the reference rows first: a cut-short run has them
         bench.student_rows()
         bench.deploy_rows()
-        bench.teacher_rows()
         bench.search_rows()
+        bench.teacher_rows()
     data = json.loads(bench.json_file.read_text())
     print(report(data, bench.md_file))
     plot(data, bench.md_file.with_suffix(".png"))
