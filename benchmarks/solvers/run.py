@@ -81,7 +81,8 @@ class Args:
     gradient_steps: int = 80
     """Objective evaluations (L-BFGS) of the gradient search."""
     lsd_steps: int = 200
-    """Objective evaluations (L-BFGS) of LSD and LSD+."""
+    """Adam steps of LSD / LSD+, L-BFGS evaluations of the endpoint learner (endpoint /
+    endpoint+); each picks its iterate on a held-out quarter of the calibration noise."""
     threads: int = 1
     """torch threads (1 is fastest on a shared 2-core machine)."""
     seed: int = 0
@@ -565,12 +566,17 @@ def searched_rows(ctx, args):
             ctx,
             secs,
             calls=cden.model.calls,
-            note=f"calibration error {sched.meta.get('calibration_error', float('nan')):.4g}",
+            note=f"calibration error {sched.meta.get('calibration_error', float('nan')):.4g}"
+            + (
+                f", held-out {sched.meta['heldout_error']:.4g}"
+                if "heldout_error" in sched.meta
+                else ""
+            ),
         )
         out.append(r)
         schedules[f"{method}/nfe{nfe}"] = sched.to_dict()
 
-    b = bar(len(nfes) * 5, "search", args.progress)
+    b = bar(len(nfes) * (3 + 2 * len(search.LEARNERS)), "search", args.progress)
     for nfe in nfes:
         common = dict(nfe=nfe, noise=calib, reference=ref_c, seed=args.seed, progress=False)
         t0 = time.perf_counter()
@@ -589,34 +595,28 @@ def searched_rows(ctx, args):
         )
         add("gradient", nfe, grad, time.perf_counter() - t0)
         b.update(1)
-        # LSD from DPM-Solver++(2M) on the logsnr schedule; LSD+ from the best of the three
-        # searched schedules on the calibration noise (its L-BFGS stays near where it starts)
+        # the learned samplers, side by side: LSD (Fu et al. 2025: one scale per step, every
+        # step's state matched) and the endpoint learner (every multiplier, endpoint error),
+        # from DPM-Solver++(2M) on the logsnr schedule; their + variants (times too) from the
+        # best of the three searched schedules on the calibration noise
         default = uniform_logsnr(nfe, den.path)  # where sample()'s default starts
-        t0 = time.perf_counter()
-        lsd = search.learn_sampler(
-            den,
-            nfe=nfe,
-            noise=calib,
-            iterations=args.lsd_steps,
-            trajectory=trajectory(default[0].item()),
-            progress=False,
-        )
-        add("lsd", nfe, lsd, time.perf_counter() - t0)
-        b.update(1)
         base = min((evo, auto, grad), key=lambda s: s.meta["calibration_error"])
-        t0 = time.perf_counter()
-        lsdp = search.learn_sampler(
-            den,
-            nfe=nfe,
-            noise=calib,
-            base=base,
-            learn_times=True,
-            iterations=args.lsd_steps,
-            trajectory=trajectory(base.times[0].item()),
-            progress=False,
-        )
-        add("lsd+", nfe, lsdp, time.perf_counter() - t0)
-        b.update(1)
+        for learner in search.LEARNERS:
+            for start in (None, base):
+                t0 = time.perf_counter()
+                sched = search.learn_sampler(
+                    den,
+                    nfe=nfe,
+                    noise=calib,
+                    method=learner,
+                    base=start,
+                    learn_times=start is not None,
+                    iterations=args.lsd_steps,
+                    trajectory=trajectory((default if start is None else start.times)[0].item()),
+                    progress=False,
+                )
+                add(sched.meta["method"], nfe, sched, time.perf_counter() - t0)
+                b.update(1)
     b.close()
     return out, schedules
 
@@ -870,6 +870,26 @@ def markdown(rows, summ, extra, teachers, args) -> str:
             d = summ[f"{name}/nfe{nfe}"]["default_dpmpp_2m_logsnr"]
             cells.append(f"{d:.4f}" if d is not None else "-")
             lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
+        learned = [r for r in rows if r["teacher"] == name and r["family"] == "learned"]
+        names = list(dict.fromkeys(r["sampler"] for r in learned))
+        if names:
+            lines += [
+                "",
+                "Learned samplers side by side (error / sliced W2): `lsd`, `lsd+` are LSD as Fu "
+                "et al. 2025 define it (one scale per step, every step's state matched to the "
+                "teacher with equal weight, Adam); `endpoint`, `endpoint+` every Taylor "
+                "multiplier on the endpoint error (L-BFGS); + learns the times, from the best "
+                "searched schedule. Each picks its iterate on held-out calibration noise.",
+                "",
+                "| NFE | " + " | ".join(names) + " |",
+                "|---" * (len(names) + 1) + "|",
+            ]
+            for nfe in sorted({r["nfe"] for r in learned}):
+                by = {r["sampler"]: r for r in learned if r["nfe"] == nfe}
+                cells = [
+                    f"{by[m]['error']:.4f} / {by[m]['sw2']:.3f}" if m in by else "-" for m in names
+                ]
+                lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
         lines += [
             "",
             "<details><summary>every row</summary>",
