@@ -148,3 +148,20 @@ def test_demo_end_to_end_in_miniature(tmp_path, capsys):
     assert main(["demo", "--out", str(out), *TINY]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and "--resume" not in err
+
+
+def test_search_schedule_on_an_image_teacher(runs, tmp_path):
+    """search-schedule takes the shape and the classes from the image teacher (no --shape); the
+    schedule it writes samples through `sample --schedule` at its own NFE and solver."""
+    from onestep.image.commands import _search_model
+
+    _, shape, cond_for = _search_model(str(runs / "teacher"))
+    assert shape == (1, 8, 8) and cond_for(12).tolist() == [i % 10 for i in range(12)]
+    out = tmp_path / "sched.json"
+    _run("search-schedule", "--model", runs / "teacher", "--nfe", 3, "--iterations", 1,
+         "--n-calib", 8, "--n-eval", 4, "--out", out, *TINY)
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["nfe"] == 3 and meta["n_calib"] == 8 and meta["model"] == str(runs / "teacher")
+    _run("sample", "--model", runs / "teacher", "--n", 10, "--schedule", out,  # nfe: 3, its own
+         "--out", tmp_path / "t.npz", *TINY)
+    assert np.isfinite(np.load(tmp_path / "t.npz")["images"]).all()

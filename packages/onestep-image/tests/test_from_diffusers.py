@@ -285,3 +285,18 @@ def test_cli_samples_and_distills_a_diffusers_teacher(tmp_path):
     again, _ = load_model(tmp_path / "saved", kind="teacher")
     x, t, c = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 0.5, 0.9]), torch.tensor([1, 2, 3])
     assert torch.equal(teacher.x0(x, t, c), again.x0(x, t, c))
+
+
+def test_search_schedule_opens_a_diffusers_teacher(tmp_path):
+    """search-schedule's loader takes the shape and the classes from a diffusers folder (the
+    search itself is tested on an onestep-image teacher in test_cli)."""
+    from onestep.image.commands import _search_model
+
+    folder = save(tmp_path / "ddpm", tiny_unet(num_class_embeds=10),
+                  diffusers.DDPMScheduler(clip_sample=False))
+    den, shape, cond_for = _search_model(str(folder))
+    assert shape == (1, 8, 8) and cond_for(3).tolist() == [0, 1, 2]
+    x = torch.randn(3, 1, 8, 8)
+    assert den.x0(x, torch.full((3,), 0.5), cond_for(3)).shape == x.shape
+    plain = save(tmp_path / "plain", tiny_unet(), diffusers.DDPMScheduler(clip_sample=False))
+    assert _search_model(str(plain))[2](4) is None

@@ -35,8 +35,13 @@ def _sample_shape(info: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
     raise ValueError(f"cannot infer the sample shape of a {net['name']!r} network; pass --shape")
 
 
-def search_schedule_cmd(args: SearchArgs) -> dict:
-    """Run the search (and LSD), write the schedule, and report held-out errors."""
+def search_schedule_cmd(args: SearchArgs, load=None) -> dict:
+    """Run the search (and LSD), write the schedule, and report held-out errors.
+
+    load: how a domain package opens --model: a callable folder -> (Denoiser, sample shape,
+        cond_for), where cond_for(n) gives the conditions of n calibration samples (class labels
+        0..k-1 in turn for a class-conditional teacher) or None; default: core's load_model,
+        the shape from the network config or --shape, unconditional."""
     from .io import load_model
     from .sampling import default_sampler, sample
     from .search import LEARNERS, METHODS, endpoint_error, learn_sampler, search_schedule
@@ -59,12 +64,17 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
         raise ValueError(
             f"--n-calib must be >= 1 and --n-eval >= 0, got {args.n_calib}, {args.n_eval}"
         )
-    den, info = load_model(args.model)
+    if load is None:
+        den, info = load_model(args.model)
+        shape, cond_for = _sample_shape(info, args.shape), lambda n: None
+    else:
+        den, shape, cond_for = load(args.model)
+        shape = tuple(args.shape) if args.shape else tuple(shape)
     den.requires_grad_(False)
-    shape = _sample_shape(info, args.shape)
     g = torch.Generator().manual_seed(args.seed)
     calib = torch.randn(args.n_calib, *shape, generator=g)
     held = torch.randn(args.n_eval, *shape, generator=g)
+    calib_cond, held_cond = cond_for(args.n_calib), cond_for(args.n_eval)
     t0 = time.perf_counter()
     schedule = None
     if args.method != "none":
@@ -72,6 +82,7 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
             den,
             nfe=args.nfe,
             noise=calib,
+            cond=calib_cond,
             method=args.method,
             iterations=args.iterations or None,
             solver=args.solver,
@@ -83,6 +94,7 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
             den,
             nfe=args.nfe,
             noise=calib,
+            cond=calib_cond,
             base=schedule,
             method=args.lsd_method,
             learn_times=args.learn_times,
@@ -106,9 +118,9 @@ def search_schedule_cmd(args: SearchArgs) -> dict:
         )
     if args.n_eval:
         with torch.no_grad():
-            ref = sample(den, held, nfe=None, solver="rk45")
-            found = sample(den, held, nfe=args.nfe, schedule=schedule)
-            default = sample(den, held, nfe=args.nfe)
+            ref = sample(den, held, nfe=None, solver="rk45", cond=held_cond)
+            found = sample(den, held, nfe=args.nfe, schedule=schedule, cond=held_cond)
+            default = sample(den, held, nfe=args.nfe, cond=held_cond)
         result["held_out_error"] = endpoint_error(found, ref)
         result["default_held_out_error"] = endpoint_error(default, ref)
         print(

@@ -287,7 +287,7 @@ COMMANDS = {
     "distill": (DistillArgs, "onestep.image.commands:distill"),
     "train-features": (TrainFeaturesArgs, "onestep.image.commands:train_features"),
     "eval": (EvalArgs, "onestep.image.commands:evaluate"),
-    "search-schedule": (SearchArgs, "onestep.core.cli_search:search_schedule_cmd"),
+    "search-schedule": (SearchArgs, "onestep.image.commands:search_schedule"),
     "methods": (MethodsArgs, "onestep.image.commands:methods"),
 }
 

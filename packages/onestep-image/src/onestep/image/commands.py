@@ -38,8 +38,8 @@ from .cli import (
     TrainFeaturesArgs,
 )
 
-__all__ = ["demo", "distill", "evaluate", "export", "methods", "sample", "train",
-           "train_features"]
+__all__ = ["demo", "distill", "evaluate", "export", "methods", "sample", "search_schedule",
+           "train", "train_features"]
 
 TEACHER_NFE = 35
 """NFE of `sample` on a teacher when --nfe is 0 (Heun on Karras steps, EDM's 18-step recipe)."""
@@ -267,12 +267,15 @@ def draw(kind: str, model, info: dict, n: int, *, nfe: int = 0, solver: str = ""
 
         compile_networks(model)
     if kind == "teacher":
-        nfe = nfe or TEACHER_NFE
+        from onestep.core.schedules import Schedule
+
+        searched = isinstance(schedule, Schedule)  # runs on the solver it was made for
+        nfe = nfe or (int(schedule.meta.get("nfe", 0)) if searched else 0) or TEACHER_NFE
         den = model.with_guidance(guidance) if guidance != 1.0 else model
 
         def one(z, c, gen=None):
-            return solve(den, z, nfe=nfe, solver=solver or "heun", schedule=schedule or "karras",
-                         cond=c)
+            return solve(den, z, nfe=nfe, solver=solver or (None if searched else "heun"),
+                         schedule=schedule or "karras", cond=c)
     else:
         from onestep.core.distill.guidance import is_guidance_conditioned
 
@@ -460,6 +463,21 @@ def distill(args: DistillArgs | None = None, **kwargs) -> dict:
 
 
 # -- features and evaluation ------------------------------------------------------------------
+def _search_model(folder: str):
+    """(teacher, image shape, cond_for) for core's search-schedule: an onestep-image teacher or
+    a diffusers folder; a class-conditional teacher is searched on class-balanced labels."""
+    den, info = load_teacher(folder, "--model")
+    k = int((info.get("extra") or {}).get("num_classes") or 0)
+    return den, _image_shape(info), (lambda n: torch.arange(n) % k) if k else (lambda n: None)
+
+
+def search_schedule(args=None, **kwargs) -> dict:
+    """core's `search-schedule` on an image teacher (SearchArgs lists the settings)."""
+    from onestep.core.cli_search import SearchArgs, search_schedule_cmd
+
+    return search_schedule_cmd(_args(SearchArgs, args, kwargs), load=_search_model)
+
+
 def train_features(args: TrainFeaturesArgs | None = None, **kwargs) -> dict:
     """Train the feature classifier that `evaluate` measures in."""
     from onestep.core.runs import check_run_folder, clear_run_folder
