@@ -17,7 +17,8 @@ from pathlib import Path as FilePath
 
 import torch
 
-__all__ = ["DATA_METHODS", "SCHEDULED", "check_finite_model", "check_resume", "describe_model",
+__all__ = ["DATA_METHODS", "SCHEDULED", "SCHEDULE_FIELDS", "check_finite_model", "fit_schedule",
+           "check_resume", "describe_model",
            "fit", "guard_out", "loss_summary", "needs_data", "nfe_overrides", "parse_overrides",
            "resolve_config", "resolve_method", "run_task", "trained_steps", "write_json"]
 
@@ -298,10 +299,50 @@ def resolve_method(method: str, teacher, *, overrides: str | dict = "", nfe: int
     steps = steps or planned
     if "lr_decay_steps" not in extra:
         config = with_steps(config, steps)
-    if steps < planned and method in SCHEDULED:
-        print(f"note: {method}'s config schedules {planned} steps (phases, rounds or a "
-              f"curriculum); --steps {steps} stops inside that schedule", file=sys.stderr)
+    if steps != planned and method in SCHEDULED:
+        if SCHEDULE_FIELDS[method] & set(extra):  # the user set the schedule: keep it
+            if steps < planned:
+                print(f"note: {method}'s config schedules {planned} steps (phases, rounds or a "
+                      f"curriculum); --steps {steps} stops inside that schedule",
+                      file=sys.stderr)
+        else:
+            config = fit_schedule(method, config, steps)
+            print(f"note: {method}'s schedule (phases, rounds or a curriculum) fitted to "
+                  f"--steps {steps} (planned {planned})", file=sys.stderr)
     return config, steps
+
+
+SCHEDULE_FIELDS = {"progressive": {"steps_per_round"}, "ict": {"total_steps"},
+                   "reflow": {"reflow_steps", "distill_steps"},
+                   "instaflow": {"reflow_steps", "distill_steps"},
+                   "slimflow": {"reflow_steps", "distill_steps"}, "phased_dmd": {"phase_steps"}}
+"""The config fields that set each scheduled method's length (see fit_schedule)."""
+
+
+def fit_schedule(method: str, config, steps: int):
+    """`config` with the schedule it defines stretched or compressed to `steps` Trainer steps,
+    each part keeping its planned share: progressive's rounds (steps_per_round), iCT's
+    curriculum (total_steps: the paper's K, Song & Dhariwal 2023 Eq. 8), the reflow rounds and
+    the distillation after them, Phased DMD's phases. Other methods are returned unchanged."""
+    from .distill import toy_steps
+
+    if method not in SCHEDULED or steps < 1:
+        return config
+    c = config
+    if method == "progressive":
+        return dataclasses.replace(c, steps_per_round=max(1, steps // c.rounds))
+    if method == "ict":
+        return dataclasses.replace(c, total_steps=steps)
+    if method == "phased_dmd":
+        return dataclasses.replace(c, phase_steps=max(1, steps // len(c.phase_times)))
+    planned = toy_steps(method, c)
+    rounds = getattr(c, "rounds", 1)
+    distill = getattr(c, "distill_steps", 0)
+    reflow = max(1, round(c.reflow_steps * steps / planned))
+    if not distill:
+        return dataclasses.replace(c, reflow_steps=max(1, steps // rounds))
+    return dataclasses.replace(c, reflow_steps=reflow,
+                               distill_steps=max(1, steps - rounds * reflow))
 
 
 def run_task(out, build: Callable[[], object], data, *, kind: str, run: dict, steps: int,
