@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import platform
 import statistics
 import sys
@@ -45,9 +44,10 @@ from pathlib import Path as FilePath
 import torch
 
 from onestep.core.cli import parse_dataclass
-from onestep.core.discrete import (
+from onestep.core.discrete import (  # _unmask_step: the sampler's own step, for the diagnosis
     MaskedDiffusion,
     MaskedMLP,
+    _unmask_step,
     learn_discrete_sampler,
     load_digit_tokens,
     position_tv,
@@ -63,6 +63,17 @@ VOCAB, LENGTH = 17, 64
 N_TRAIN = 1400
 # method name -> (learn_coefficients, learn_times)
 LEARNED = {"lsd": (True, False), "lsd+": (True, True), "times": (False, True)}
+# fixed 4-step samplers for the diagnosis: (name, times, constant logit coefficient)
+DIAGNOSIS = (
+    ("uniform", (1.0, 0.75, 0.5, 0.25, 0.0), 1.0),
+    ("uniform, Phi 0.8", (1.0, 0.75, 0.5, 0.25, 0.0), 0.8),
+    ("uniform, Phi 0.9", (1.0, 0.75, 0.5, 0.25, 0.0), 0.9),
+    ("uniform, Phi 1.1", (1.0, 0.75, 0.5, 0.25, 0.0), 1.1),
+    ("late", (1.0, 0.95, 0.85, 0.6, 0.0), 1.0),
+    ("later", (1.0, 0.97, 0.9, 0.75, 0.0), 1.0),
+    ("degenerate", (1.0, 0.99, 0.98, 0.97, 0.0), 1.0),
+    ("early", (1.0, 0.6, 0.35, 0.15, 0.0), 1.0),
+)
 
 
 @dataclass(frozen=True)
@@ -253,6 +264,52 @@ def learned_row(method, net, diffusion, nfe, ctx, args) -> dict:
             "samples": samples}
 
 
+@torch.no_grad()
+def lsd_objective(net, diffusion, times, phi, states, seed) -> tuple[float, list[float]]:
+    """The distillation loss `learn_discrete_sampler` minimises, for a fixed sampler: the mean
+    over the teacher trajectories of sum_k d_k, d_k = KL(teacher's p(x_0 | x*_{t_k}) || the
+    student's softmax(Phi_k logits) at its own state) over positions masked in both (Eq. 6), the
+    student run from the all-masked state with the sampler's own steps. -> (total, per step)."""
+    steps, n = states.shape[0], states.shape[1]
+    grid = uniform_times(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((n, LENGTH), diffusion.mask_id, dtype=torch.long)
+    total, per = torch.zeros(n), []
+    for k in range(len(times) - 1):
+        j = min(int(round((1.0 - times[k].item()) * steps)), steps - 1)
+        log_p = torch.log_softmax(net(states[j], grid[j].float()), -1)
+        logits = net(x, times[k].float())
+        log_q = torch.log_softmax(phi[k] * logits, -1)
+        both = ((x == diffusion.mask_id) & (states[j] == diffusion.mask_id)).float()
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        d = (kl * both).sum(1) / both.sum(1).clamp(min=1.0)
+        total += d
+        per.append(float(d.mean()))
+        x = _unmask_step(diffusion, x, phi[k] * logits, times[k], times[k + 1], g)
+    return float(total.mean()), per
+
+
+def diagnosis_rows(net, diffusion, ctx, args) -> list[dict]:
+    """Fixed 4-step samplers: their LSD objective (on seed 0's distillation trajectories) next to
+    their FD to the teacher, to show what the learners' objective rewards."""
+    states = ctx["lsd_teacher"][args.seeds[0]][0]
+    out = []
+    for name, times, c in DIAGNOSIS:
+        t = torch.tensor(times, dtype=torch.float64)
+        phi = torch.full((len(times) - 1,), c)
+        total, per = lsd_objective(net, diffusion, t, phi, states, seed=1)
+        fds = []
+        for s in args.seeds:
+            g = torch.Generator().manual_seed(eval_seed(s))
+            x = sample_masked(net, diffusion, args.n_eval, times=t, coefficients=phi, generator=g)
+            fds.append(token_frechet(x, ctx["reference"]))
+        out.append({"name": name, "times": list(times), "phi": c, "objective": total,
+                    "objective_per_step": per,
+                    "fd_teacher": {"median": statistics.median(fds), "min": min(fds),
+                                   "max": max(fds)}})
+    return out
+
+
 # -- reports ------------------------------------------------------------------------------------
 def rng(stat: dict, spec: str = ".1f") -> str:
     return (f"{format(stat['median'], spec)} [{format(stat['min'], spec)}, "
@@ -357,6 +414,23 @@ def markdown(res: dict) -> str:
             coefs = ", ".join(f"{v:.2f}" for v in s0["coefficients"])
             lines.append(f"| {nfe} | {m} | {rng(r['fd_teacher'])} | {rng(r['fd_data'])} | "
                          f"{its} | {secs:.0f} | {times} | {coefs} |")
+    if res.get("diagnosis"):
+        lines += [
+            "",
+            "## What the learners' objective rewards (fixed 4-step samplers)",
+            "",
+            "LSD objective = the distillation loss of `learn_discrete_sampler` (sum over steps of "
+            "the KL between the teacher's and the student's p(x_0 | x_t) at their own states, "
+            "positions masked in both) for that fixed sampler, on seed "
+            f"{a['seeds'][0]}'s {a['lsd_n_train']} distillation trajectories; lower is what the "
+            "learners move towards. FD to teacher as above.",
+            "",
+            "| sampler | times | Phi | LSD objective | FD to teacher |",
+            "|---|---|---|---|---|",
+        ]
+        for r in res["diagnosis"]:
+            lines.append(f"| {r['name']} | {', '.join(f'{v:g}' for v in r['times'])} | "
+                         f"{r['phi']:g} | {r['objective']:.2f} | {rng(r['fd_teacher'])} |")
     lines += [
         "",
         "`discrete.png`: the first 16 samples of each row's first seed, one row of digits per "
@@ -416,7 +490,9 @@ def setting_key(args: Args) -> dict:
     """What a reused row must share with this run."""
     skip = {"resume", "report", "retrain", "progress", "out", "threads", "teacher_nfe",
             "learned_nfe", "methods"}
-    return {k: v for k, v in dataclasses.asdict(args).items() if k not in skip}
+    # through json, as it is stored (tuples become lists)
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(args).items()
+                                  if k not in skip}))
 
 
 def environment() -> dict:
@@ -511,6 +587,7 @@ def main(argv=None) -> int:
                 print(f"  {m} {nfe} NFE: reused", flush=True)
                 continue
             add(learned_row(m, net, diffusion, nfe, ctx, args))
+    res["diagnosis"] = diagnosis_rows(net, diffusion, ctx, args) if 4 in args.learned_nfe else []
     write()
     return report(json_file)
 
