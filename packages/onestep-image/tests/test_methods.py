@@ -141,7 +141,9 @@ def test_dmd2_discriminates_on_the_fake_unets_bottleneck_with_two_time_scales(te
     c = image_defaults("dmd2", teacher)
     assert c.fake_updates >= 5 and c.gan_weight > 0 and c.disc_weight > 0  # DMD2 Sec. 4.2-4.3
     d = get_method("dmd2")[1](teacher, c)
-    assert d.features.layer_names == ["net.mid2"]  # EDMPrecond's UNet's bottleneck
+    # the official code's conv head on EDMPrecond's UNet's bottleneck
+    assert d.critic.layers == ["net.mid2"] and type(d.critic.head).__name__ == \
+        "ConvDiscriminatorHead"
     x = torch.randn(4, 1, 8, 8)
     logits = d._discriminate(x, torch.arange(4), torch.Generator().manual_seed(0))
     assert logits.shape == (4,)
