@@ -472,18 +472,7 @@ def teacher_trajectory(
     else:
         grid[0] = t0
     times = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
-    seen: list[Tensor] = []
-    with torch.no_grad():
-        end = sample(
-            denoiser,
-            noise,
-            nfe=None,
-            solver="rk45",
-            schedule=times,
-            cond=cond,
-            callback=lambda d: seen.append(d["x"]),
-            **rk45,
-        )
+    seen, end = _rk45_through(denoiser, noise, cond, times, **rk45)
     states = torch.stack(seen[1:] if pure else seen)
     return Trajectory(t0, lam, states, end)
 
@@ -1204,18 +1193,18 @@ def _take(cond, idx: Tensor, n: int):
 def _teacher_states(denoiser, noise: Tensor, cond, times: Tensor) -> Tensor:
     """The RK45 teacher (`sample(..., solver="rk45")`) from `noise`, stepping through every one of
     the K+1 `times`: its states (K, N, ...) at times[1:]."""
+    seen, end = _rk45_through(denoiser, noise, cond, times)
+    return torch.stack(seen[1:] + [end])
+
+
+def _rk45_through(denoiser, noise: Tensor, cond, times: Tensor, **rk45):
+    """(states at times[:-1], endpoint) of the RK45 teacher from `noise` stepping through
+    `times`; rk45: its rtol, atol options."""
     seen: list[Tensor] = []
     with torch.no_grad():
-        end = sample(
-            denoiser,
-            noise,
-            nfe=None,
-            solver="rk45",
-            schedule=times,
-            cond=cond,
-            callback=lambda d: seen.append(d["x"]),
-        )
-    return torch.stack(seen[1:] + [end])
+        end = sample(denoiser, noise, nfe=None, solver="rk45", schedule=times, cond=cond,
+                     callback=lambda d: seen.append(d["x"]), **rk45)
+    return seen, end
 
 
 @dataclass(frozen=True)
