@@ -1,15 +1,24 @@
 """One-step distillation benchmark: every method in `onestep.core.distill.METHODS`, distilled from
 a rectified-flow teacher on low-dimensional targets, against the teacher at 1, 2, 4 and 50 NFE.
 
-    uv run python benchmarks/distill/run.py            # the full run (tens of minutes, 2 cores)
+    uv run python benchmarks/distill/run.py            # the full run (~5 CPU-hours per seed)
     uv run python benchmarks/distill/run.py --quick    # a smoke run (distill_quick.*)
     uv run python benchmarks/distill/run.py --methods dmd2 sim --data gmm8d --resume
+    uv run python benchmarks/distill/run.py --seeds 3 4 --resume   # two more student seeds
 
 Targets: the 2-D checkerboard and moons toys (standardised) and the 8-D Gaussian mixture
 `gmm_8d` (standardised). Teacher: an MLP velocity model on the RectifiedFlow path trained with
 flow matching (cached in benchmarks/results/teachers/distill-flow-<data>/, retrained when missing
 or stale). Each method starts from `toy_config(method, teacher)` (with the few overrides in
 OVERRIDES below, each with its reason) and trains for `toy_steps` Trainer steps at batch 256.
+
+Seeds: every student is trained once per seed of `--seeds` (the Trainer's seed: the student's
+initialisation, batches and noise draws; default 0, 1, 2). The teachers, the training and
+held-out data, the held-out noise and the metrics' own randomness use the fixed `--seed`, so the
+spread of a row is the training seed's alone. Each (method, target, NFE) row reports the median
+over its seeds of every measure, with [min, max] over the seeds for the ratio to the teacher and
+the sharp measures; the targets are judged on the median. The json keeps the per-seed rows
+("rows") and the summary ("summary"); the picture shows the first seed's samples.
 
 Metrics, all against the same held-out data and from the same held-out noise: sliced W2 (256
 projections, fixed seed) on all held-out samples, MMD^2 (RBF mixture, median heuristic) on the
@@ -23,8 +32,10 @@ checkerboard; the exact mean log-likelihood under the true mixture and the mode 
 per-mode share relative to the mode's weight, share within 3 sigma of no mode) on the Gaussian
 mixtures. The same measures of a second held-out data sample are the noise floor. Writes
 benchmarks/results/distill.{md,json,png} (a --quick run distill_quick.*, not committed); the json
-after every method, so that a killed run keeps what it finished (`--resume` reuses those rows
-when their settings match).
+after every (method, target, seed), so that a killed run keeps what it finished: `--resume`
+reuses those per-seed results when their settings and the method's config match. Rows written
+before the seeds existed (no "seed" key) were trained with the single `seed`, so they count as
+that seed's (seed 0 for the committed results), under --report and --resume alike.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import json
 import math
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -64,6 +76,7 @@ from onestep.core.train import TrainConfig, Trainer
 
 ROOT = FilePath(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
+REPO = ROOT.parent
 TEACHER_NFE = (1, 2, 4, 50)
 REFERENCE_NFE = 50
 # the methods the issue holds to 1.5x the 50-NFE teacher's sliced W2
@@ -117,6 +130,10 @@ class Args:
     threads: int = 1
     """torch threads (1 is fastest on a shared 2-core machine)."""
     seed: int = 0
+    """Fixed seed of the teachers, the data, the held-out noise and the metrics (not varied)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """The students' training seeds (Trainer seed): each row is the median over them, with the
+    range. The first one's samples go into the picture and the json."""
     out: str = str(RESULTS)
     """Folder for distill.md, distill.json, distill.png (distill_quick.* for --quick, so that a
     smoke run never overwrites the results) and the cached teachers."""
@@ -407,7 +424,9 @@ def natural_nfe(name: str, config) -> list[int]:
     return sorted({1, extra})
 
 
-def run_method(name: str, ctx: dict, args: Args) -> list[dict]:
+def run_method(name: str, ctx: dict, args: Args, seed: int) -> list[dict]:
+    """The student of `name` trained with Trainer seed `seed`: one row per NFE it reports (with
+    its samples when `seed` is the first of args.seeds)."""
     teacher, noise, held = ctx["teacher"], ctx["noise"], ctx["held"]
     config_cls, distiller_cls, _ = METHODS[name]
     config, steps, over = method_plan(name, teacher, args)
@@ -421,7 +440,7 @@ def run_method(name: str, ctx: dict, args: Args) -> list[dict]:
                 progress=args.progress,
                 log_every=max(1, min(100, steps)),
                 ckpt_every=0,
-                seed=args.seed,
+                seed=seed,
                 device="cpu",
             )
         )
@@ -454,6 +473,7 @@ def run_method(name: str, ctx: dict, args: Args) -> list[dict]:
                 "data": ctx["name"],
                 "method": name,
                 "nfe": nfe,
+                "seed": seed,
                 **q,
                 "ratio": q["sw2"] / ctx["ref_sw2"],
                 "train_s": train_s,
@@ -465,7 +485,8 @@ def run_method(name: str, ctx: dict, args: Args) -> list[dict]:
                 "overrides": over,
                 "config": jsonable(dataclasses.asdict(config)),
                 "final_logs": last,
-                "samples": points(x),
+                # the picture shows one seed's samples: only that seed's rows carry them
+                **({"samples": points(x)} if seed == args.seeds[0] else {}),
             }
         )
     return rows
@@ -503,12 +524,93 @@ def sharp_text(q: dict) -> str:
     return "  ".join(f"{head} {fmt(q[k], spec)}" for k, head, spec in SHARP if k in q)
 
 
+# -- seeds --------------------------------------------------------------------------------------
+# the measures a student's summary row holds as the median over its seeds (the row's value, the
+# one the targets are judged on), each with [min, max] over the seeds and the per-seed values
+MEASURES = (
+    "sw2",
+    "mmd",
+    "c2st",
+    "in_squares",
+    "loglik",
+    "min_mode",
+    "off_mode",
+    "ratio",
+    "train_s",
+    "us_per_sample",
+    "teacher50_us_per_sample",
+    "speedup",
+)
+# the measures whose [min, max] the table shows next to the median
+RANGED = ("ratio",) + tuple(k for k, _, _ in SHARP)
+
+
+def with_seeds(rows: list[dict], seed: int) -> list[dict]:
+    """rows, each student row given a "seed": rows written before the seeds existed were trained
+    with the run's single `seed` (its Trainer seed), so they count as that seed's."""
+    return [r if r["method"] == "teacher" or "seed" in r else {**r, "seed": seed} for r in rows]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per (target, method, NFE): teacher rows as they are; a student's per-seed rows
+    (with_seeds first) merged into their medians, "range" ([min, max] of each measure), "per_seed"
+    (the values in seed order), "seeds", the failures of any seed in "error", and the samples of
+    the lowest seed that kept them ("samples_seed", that seed's own SW2 / C2ST in "samples_q")."""
+    order, groups = [], {}
+    for r in rows:
+        if r["method"] == "teacher":
+            order.append(r)
+            continue
+        key = (r["data"], r["method"], r["nfe"])
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    return [x if isinstance(x, dict) else summary_row(groups[x]) for x in order]
+
+
+def summary_row(group: list[dict]) -> dict:
+    group = sorted(group, key=lambda r: r["seed"])
+    first = group[0]
+    out = {
+        "data": first["data"],
+        "method": first["method"],
+        "nfe": first["nfe"],
+        "seeds": [r["seed"] for r in group],
+    }
+    spans, per_seed = {}, {}
+    for k in MEASURES:
+        if not any(k in r for r in group):
+            continue
+        vals = [r[k] for r in group if r.get(k) is not None]
+        out[k] = statistics.median(vals) if vals else None
+        per_seed[k] = [r.get(k) for r in group]
+        if vals:
+            spans[k] = [min(vals), max(vals)]
+    out.update(range=spans, per_seed=per_seed)
+    failed = [r for r in group if r.get("error")]
+    if failed:
+        out["failed_seeds"] = [r["seed"] for r in failed]
+        out["error"] = "; ".join(f"seed {r['seed']}: {r['error']}" for r in failed)
+    pic = next((r for r in group if "samples" in r), None)
+    if pic is not None:
+        out["samples"] = pic["samples"]
+        out["samples_seed"] = pic["seed"]
+        out["samples_q"] = {k: pic.get(k) for k in ("sw2", "c2st")}
+    return out
+
+
+def without_samples(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "samples"} for r in rows]
+
+
 def one_step(rows, data):
     return [r for r in rows if r["data"] == data and r["method"] != "teacher" and r["nfe"] == 1]
 
 
 def targets(rows, datas, methods) -> dict:
-    """The issue's benchmark targets, each with met / not met and the numbers behind it."""
+    """The issue's benchmark targets, each with met / not met and the numbers behind it; on
+    summarised rows (summarise) they are judged on the medians over the seeds."""
     out = {"best": {}, "core": {}, "speed": {}}
     # one method on every target: the smallest worst-case ratio
     worst = {}
@@ -531,6 +633,7 @@ def targets(rows, datas, methods) -> dict:
         out["best"][d] = {
             "method": best and best["method"],
             "ratio": best and best["ratio"],
+            "ratio_range": best and best.get("range", {}).get("ratio"),
             "met": bool(best and best["ratio"] <= BEST_RATIO),
         }
         for m in CORE_METHODS:
@@ -539,6 +642,7 @@ def targets(rows, datas, methods) -> dict:
             r = next((r for r in one_step(rows, d) if r["method"] == m), None)
             out["core"].setdefault(m, {})[d] = {
                 "ratio": r and r["ratio"],
+                "ratio_range": r and r.get("range", {}).get("ratio"),
                 "met": bool(r and r["ratio"] <= CORE_RATIO),
             }
         slow = [r for r in one_step(rows, d) if r["speedup"] < MIN_SPEEDUP]
@@ -552,15 +656,31 @@ def targets(rows, datas, methods) -> dict:
     return out
 
 
-def table_line(sharp, r, method, nfe, ratio, train_s, us, speedup) -> str:
-    """One markdown table row: method, NFE, SW2, MMD^2, the `sharp` measures, then the rest."""
-    cells = [method, nfe, fmt(r["sw2"]), fmt(r["mmd"], ".5f")]
-    cells += [fmt(r.get(k), spec) for k, _, spec in sharp]
+def spread(r: dict, k: str, spec: str) -> str:
+    """r[k] formatted, followed by [min, max] over the seeds when the row has more than one."""
+    v = fmt(r.get(k), spec)
+    rg = r.get("range", {}).get(k)
+    if rg is None or len(r.get("seeds", ())) < 2:
+        return v
+    return f"{v} [{fmt(rg[0], spec)}, {fmt(rg[1], spec)}]"
+
+
+def table_line(sharp, r, method, nfe, seeds, ratio, train_s, us, speedup) -> str:
+    """One markdown table row: method, NFE, seeds, SW2, MMD^2, the `sharp` measures (with their
+    range over the seeds), then the rest."""
+    cells = [method, nfe, seeds, fmt(r["sw2"]), fmt(r["mmd"], ".5f")]
+    cells += [spread(r, k, spec) for k, _, spec in sharp]
     cells += [ratio, train_s, us, speedup]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def markdown(rows, teachers, tg, args, seconds) -> str:
+def seeds_text(seeds) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def markdown(rows, teachers, tg, args, seconds, png_name="distill.png") -> str:
+    """The report from summarised rows (summarise) and their targets."""
+    all_seeds = sorted({s for r in rows for s in r.get("seeds", ())})
     lines = [
         "# One-step distillation benchmark",
         "",
@@ -579,6 +699,14 @@ def markdown(rows, teachers, tg, args, seconds) -> str:
         "50-NFE teacher time / model time. The teacher rows use the best of "
         "Euler / Heun / DPM-Solver++(2M) (uniform or logSNR steps) at each NFE (see the json).",
         "",
+        f"Students: trained with {seeds_text(all_seeds)} (Trainer seed; 'seeds' = how many a "
+        "row has). Each student cell is the median over its seeds, followed for the ratio and "
+        "the sharp measures by [min, max] over the seeds when there are several; the targets "
+        "are judged on the median. The teachers, the data, the held-out noise and the metrics "
+        f"use the fixed seed {args.seed}, so a row's spread is the training seed's. "
+        f"{FilePath(png_name).name} shows each student's samples of its lowest seed that kept "
+        "them (the first of --seeds), with that seed's own SW2 / C2ST.",
+        "",
         f"Torch {torch.__version__}, {args.threads} thread(s), teacher MLP hidden {args.hidden} "
         f"depth 3, {args.teacher_steps} steps at batch {args.teacher_batch}; students at batch "
         f"{args.batch}; total wall time {seconds / 60:.1f} min.",
@@ -594,13 +722,13 @@ def markdown(rows, teachers, tg, args, seconds) -> str:
             f"Teacher {info['how']}. Noise floor (SW2 of a second held-out sample): "
             f"{info['floor_sw2']:.4f}; the 'data' row scores that sample.",
             "",
-            "| method | NFE | sliced W2 | MMD^2 | "
+            "| method | NFE | seeds | sliced W2 | MMD^2 | "
             + "".join(f"{head} | " for _, head, _ in sharp)
             + "ratio | train s | us/sample | speed-up |",
-            "|---|---|---|---|" + "---|" * len(sharp) + "---|---|---|---|",
+            "|---|---|---|---|---|" + "---|" * len(sharp) + "---|---|---|---|",
         ]
 
-        lines.append(table_line(sharp, floor, "data", "-", "-", "-", "-", "-"))
+        lines.append(table_line(sharp, floor, "data", "-", "-", "-", "-", "-", "-"))
         for r in rows:
             if r["data"] != d:
                 continue
@@ -611,6 +739,7 @@ def markdown(rows, teachers, tg, args, seconds) -> str:
                         r,
                         "teacher",
                         r["nfe"],
+                        "-",
                         fmt(r["ratio"], ".2f"),
                         "-",
                         fmt(r["us_per_sample"], ".2f"),
@@ -624,23 +753,30 @@ def markdown(rows, teachers, tg, args, seconds) -> str:
                 table_line(
                     sharp,
                     r,
-                    r["method"],
+                    r["method"]
+                    + (f" ({seeds_text(r['failed_seeds'])} failed)" if r.get("error") else ""),
                     r["nfe"],
-                    fmt(r["ratio"], ".2f"),
+                    len(r.get("seeds", ())) or "-",
+                    spread(r, "ratio", ".2f"),
                     fmt(r["train_s"], ".0f"),
                     fmt(r["us_per_sample"], ".2f"),
                     fmt(r["speedup"], ".1f"),
                 )
             )
-    lines += ["", "## Targets", ""]
+    lines += ["", "## Targets (on the medians over the seeds)", ""]
 
     def mark(ok):
         return "met" if ok else "**not met**"
 
+    def ratio_text(v):  # the judged median, then [min, max] over the seeds
+        rg = v.get("ratio_range")
+        span = f" [{fmt(rg[0], '.2f')}, {fmt(rg[1], '.2f')}]" if rg and rg[0] != rg[1] else ""
+        return f"{fmt(v['ratio'], '.2f')}x{span}"
+
     for d, b in tg["best"].items():
         lines.append(
             f"- best one-step student within {BEST_RATIO}x of the 50-NFE teacher on {d}: "
-            f"{mark(b['met'])} ({b['method']}, {fmt(b['ratio'], '.2f')}x)"
+            f"{mark(b['met'])} ({b['method']}, {ratio_text(b)})"
         )
     if "best_everywhere" in tg:
         b = tg["best_everywhere"]
@@ -649,7 +785,7 @@ def markdown(rows, teachers, tg, args, seconds) -> str:
             f"(best: {b['method']}, worst target {fmt(b['worst_ratio'], '.2f')}x)"
         )
     for m, per in tg["core"].items():
-        cells = ", ".join(f"{d} {fmt(v['ratio'], '.2f')}x" for d, v in per.items())
+        cells = ", ".join(f"{d} {ratio_text(v)}" for d, v in per.items())
         lines.append(
             f"- {m} within {CORE_RATIO}x on every target: "
             f"{mark(all(v['met'] for v in per.values()))} ({cells})"
@@ -699,9 +835,14 @@ def plot(rows, teachers, file):
                 # few-step students at the NFE they were trained for, the others at 1 NFE
                 if r["nfe"] != (max(own) if r["method"] in FEW_STEP else min(own)):
                     continue
-            title = f"{r['method']} {r['nfe']} NFE\nSW2 {fmt(r['sw2'], '.3f')}"
-            if "c2st" in r:
-                title += f" C2ST {fmt(r['c2st'], '.2f')}"
+            # a student's panel: the samples of one seed, titled with that seed's own numbers
+            q = r.get("samples_q", r)
+            title = f"{r['method']} {r['nfe']} NFE"
+            if "samples_seed" in r:
+                title += f" (seed {r['samples_seed']})"
+            title += f"\nSW2 {fmt(q['sw2'], '.3f')}"
+            if q.get("c2st") is not None:
+                title += f" C2ST {fmt(q['c2st'], '.2f')}"
             panels.append((title, torch.tensor(r["samples"])))
         blocks.append((d, panels))
     nrows = sum(math.ceil(len(p) / cols) for _, p in blocks)
@@ -733,11 +874,14 @@ def parse(argv) -> Args:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {sorted(METHODS)}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds needs one or more distinct seeds, not {list(args.seeds)}")
     return args
 
 
 def setting_key(args: Args) -> dict:
-    """What a reused row must share with this run."""
+    """What a reused row must share with this run (the students' seeds are not part of it: each
+    (method, target, seed) is reused or run on its own)."""
     keys = (
         "quick",
         "teacher_steps",
@@ -751,6 +895,16 @@ def setting_key(args: Args) -> dict:
         "seed",
     )
     return {k: getattr(args, k) for k in keys}
+
+
+def repo_relative(path: str) -> str:
+    """`path` relative to the repository root (results never hold a machine path); a folder
+    outside the repository by its name alone."""
+    p = FilePath(path).resolve()
+    try:
+        return p.relative_to(REPO.resolve()).as_posix()
+    except ValueError:
+        return p.name
 
 
 def main(argv=None) -> int:
@@ -768,7 +922,8 @@ def main(argv=None) -> int:
         if old.get("setting") != setting_key(args):
             print(f"  --resume: {json_file.name} was written with other settings; starting afresh")
             old = {}
-    old_rows = old.get("rows", [])
+    # rows from before the seeds existed are the single seed's (the setting matched: args.seed)
+    old_rows = with_seeds(old.get("rows", []), args.seed)
     start = time.perf_counter()
     rows: list[dict] = []
     # rows and teachers of targets / methods this run does not touch are kept as they are
@@ -781,9 +936,10 @@ def main(argv=None) -> int:
     teachers = {d: v for d, v in old.get("teachers", {}).items() if d not in args.data}
 
     def write():
-        tg = targets(keep + rows, list(teachers), args.methods)
+        summary = summarise(keep + rows)
+        tg = targets(summary, list(teachers), args.methods)
         result = {
-            "args": dataclasses.asdict(args),
+            "args": {**dataclasses.asdict(args), "out": repo_relative(args.out)},
             "setting": setting_key(args),
             "environment": {
                 "torch": torch.__version__,
@@ -795,6 +951,9 @@ def main(argv=None) -> int:
             "overrides": OVERRIDES,
             "teachers": teachers,
             "targets": tg,
+            # one row per (target, method, NFE): medians, ranges and per-seed values
+            "summary": without_samples(summary),
+            # the per-seed rows (the teacher's once): what --resume reuses
             "rows": keep + rows,
         }
         json_file.write_text(json.dumps(result, indent=1, default=float))
@@ -847,37 +1006,58 @@ def main(argv=None) -> int:
         }
         write()
 
-    # 2. the methods, each on every target (so a cut-short run has whole methods)
-    todo = [(m, d) for m in args.methods for d in args.data]
-    b = bar(len(todo), "methods", args.progress)
-    for name, data_name in todo:
-        b.set_postfix(method=f"{name}/{data_name}")
-        # reuse a row only if it was trained with the same config and budget (a changed
-        # toy_defaults or override reruns the method)
-        config, steps, _ = method_plan(name, ctxs[data_name]["teacher"], args)
-        reuse = [
-            r
-            for r in old_rows
-            if r["data"] == data_name
+    def reusable(r, name, data_name, config, steps):
+        """r is a finished result of `name` on `data_name` with this config and budget (a
+        changed toy_defaults or override reruns the method)."""
+        return (
+            r["data"] == data_name
             and r["method"] == name
             and r.get("overrides") == OVERRIDES.get(name, {})
             and r.get("config") == jsonable(dataclasses.asdict(config))
             and r.get("steps") == steps
             and r.get("error") is None
+        )
+
+    # 2. the students, one unit per (seed, method, target): every method at the first seed,
+    # then at the next, so that a cut-short run has every method with as many seeds as it got
+    plans = {
+        (m, d): method_plan(m, ctxs[d]["teacher"], args)[:2] for m in args.methods for d in ctxs
+    }
+    # finished results of seeds this run does not ask for are kept when they still match
+    keep += [
+        r
+        for r in old_rows
+        if r["data"] in args.data
+        and r["method"] in args.methods
+        and r["seed"] not in args.seeds
+        and reusable(r, r["method"], r["data"], *plans[r["method"], r["data"]])
+    ]
+    todo = [(s, m, d) for s in args.seeds for m in args.methods for d in args.data]
+    b = bar(len(todo), "students", args.progress)
+    for seed, name, data_name in todo:
+        b.set_postfix(unit=f"{name}/{data_name}/seed {seed}")
+        reuse = [
+            r
+            for r in old_rows
+            if r.get("seed") == seed and reusable(r, name, data_name, *plans[name, data_name])
         ]
         if reuse:
             rows += reuse
-            print(f"  {name} on {data_name}: reused", flush=True)
+            print(f"  {name} on {data_name}, seed {seed}: reused", flush=True)
         else:
             try:
-                new = run_method(name, ctxs[data_name], args)
+                new = run_method(name, ctxs[data_name], args, seed)
             except Exception as e:  # keep going: one broken method must not end the run
-                print(f"  {name} on {data_name}: FAILED {type(e).__name__}: {e}", flush=True)
+                print(
+                    f"  {name} on {data_name}, seed {seed}: FAILED {type(e).__name__}: {e}",
+                    flush=True,
+                )
                 new = [
                     {
                         "data": data_name,
                         "method": name,
                         "nfe": 1,
+                        "seed": seed,
                         "sw2": math.inf,
                         "mmd": math.inf,
                         "ratio": math.inf,
@@ -891,10 +1071,10 @@ def main(argv=None) -> int:
             rows += new
             for r in new:
                 print(
-                    f"  {name:<11}{data_name:>13} {r['nfe']} NFE: SW2 {fmt(r['sw2'])}  ratio "
-                    f"{fmt(r['ratio'], '.2f')}  MMD {fmt(r['mmd'], '.5f')}  {sharp_text(r)}  train "
-                    f"{fmt(r['train_s'], '.0f')} s  speed-up {fmt(r['speedup'], '.1f')}  "
-                    f"[{time.perf_counter() - start:.0f} s]",
+                    f"  {name:<11}{data_name:>13} seed {seed} {r['nfe']} NFE: SW2 "
+                    f"{fmt(r['sw2'])}  ratio {fmt(r['ratio'], '.2f')}  MMD {fmt(r['mmd'], '.5f')}"
+                    f"  {sharp_text(r)}  train {fmt(r['train_s'], '.0f')} s  speed-up "
+                    f"{fmt(r['speedup'], '.1f')}  [{time.perf_counter() - start:.0f} s]",
                     flush=True,
                 )
         write()
@@ -905,11 +1085,15 @@ def main(argv=None) -> int:
 
 
 def report(json_file: FilePath, args: Args) -> int:
-    """distill.md and distill.png (same stem as json_file) from distill.json (its rows, teachers,
-    args and time)."""
+    """distill.md and distill.png (same stem as json_file) from distill.json (its per-seed rows,
+    summarised here, teachers, args and time)."""
     res = json.loads(json_file.read_text())
-    saved = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["args"].items()})
-    rows, teachers = res["rows"], res["teachers"]
+    fields = {f.name for f in dataclasses.fields(Args)}
+    saved = Args(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in res["args"].items() if k in fields}
+    )
+    teachers = res["teachers"]
+    rows = summarise(with_seeds(res["rows"], saved.seed))
     methods = sorted({r["method"] for r in rows if r["method"] != "teacher"})
     tg = targets(rows, list(teachers), methods)
     order = list(METHODS)
@@ -923,7 +1107,12 @@ def report(json_file: FilePath, args: Args) -> int:
     md, png = json_file.with_suffix(".md"), json_file.with_suffix(".png")
     md.write_text(
         markdown(
-            rows, teachers, tg, dataclasses.replace(saved, methods=tuple(methods)), res["seconds"]
+            rows,
+            teachers,
+            tg,
+            dataclasses.replace(saved, methods=tuple(methods)),
+            res["seconds"],
+            png.name,
         )
     )
     plot(rows, teachers, png)
