@@ -133,14 +133,16 @@ def test_errors_are_one_line(runs, tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_end_to_end_in_miniature(tmp_path, capsys):
     out = tmp_path / "demo"
-    _run("demo", "--out", out, "--steps", 20, "--distill-steps", 3, "--n", 40, *TINY)
+    _run("demo", "--out", out, "--steps", 20, "--distill-steps", 3, "--n", 40,
+         "--search-iterations", 2, "--set", "num_pairs=64", *TINY)
     table = capsys.readouterr().out
     assert "(noise floor)" in table and "searched" in table and "student" in table
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["teacher_fd"]) == {"1", "4", "35"}
     for key in ("student_fd", "teacher_seconds_per_image", "student_seconds_per_image"):
         assert np.isfinite(summary[key]) and summary[key] > 0, key
-    assert summary["args"]["method"] == "dmd"
+    assert summary["args"]["method"] == "dmd" and summary["args"]["search_iterations"] == 2
+    assert json.loads((out / "student" / "model.json").read_text())["extra"]["steps"] == 3
     assert Image.open(out / "grid.png").size[0] > 0
     _run("sample", "--model", out / "student", "--n", 5, "--out", tmp_path / "s.npz", *TINY)
     # a second demo into the same folder is refused, and does not offer --resume

@@ -43,6 +43,10 @@ class DemoArgs:
     steps), teacher at 35 NFE 2.90."""
     distill_steps: int = 500
     """Distillation steps; 0: the method's image-scale default (minutes to hours)."""
+    set: str = ""
+    """Overrides of the method's config, "key=value" pairs (as in `distill --set`)."""
+    search_iterations: int = 12
+    """Generations of the 4-NFE schedule search (population 12)."""
     n: int = 0
     """Images per table row (class-balanced, the same noise for every row); 0: as many as the
     noise floor's set of unseen real digits (359), so that every FD is at the same N."""

@@ -43,8 +43,10 @@ def run_demo(args: DemoArgs) -> dict:
     from .grid import save_panels
     from .models import TINY_RECIPE
 
-    if args.steps < 1 or args.distill_steps < 0 or args.n < 0 or 0 < args.n < 20:
-        raise ValueError("need --steps >= 1, --distill-steps >= 0 and --n 0 or >= 20")
+    if (args.steps < 1 or args.distill_steps < 0 or args.n < 0 or 0 < args.n < 20
+            or args.search_iterations < 1):
+        raise ValueError("need --steps >= 1, --distill-steps >= 0, --search-iterations >= 1 "
+                         "and --n 0 or >= 20")
     from onestep.core.distill import get_method
 
     get_method(args.method)  # an unknown name fails before anything trains
@@ -107,7 +109,7 @@ def run_demo(args: DemoArgs) -> dict:
         rows += [best[n] for n in TEACHER_NFE]
     calib = torch.randn(128, *noise.shape[1:], generator=torch.Generator().manual_seed(7))
     schedule = search_schedule(den, nfe=4, noise=calib, cond=torch.arange(128) % k,
-                               iterations=12, population=12, seed=args.seed,
+                               iterations=args.search_iterations, population=12, seed=args.seed,
                                progress=args.progress)
     with torch.no_grad():
         x, secs = _timed(lambda: sample(den, noise, nfe=4, solver=None, schedule=schedule,
@@ -118,7 +120,8 @@ def run_demo(args: DemoArgs) -> dict:
     # 3. the student
     t0 = time.perf_counter()
     commands.distill(DistillArgs(teacher=str(out / "teacher"), method=args.method,
-                                 out=str(out / "student"), steps=args.distill_steps, **common))
+                                 out=str(out / "student"), steps=args.distill_steps, set=args.set,
+                                 **common))
     student_s = time.perf_counter() - t0
     kind, gen, sinfo = commands.load_any(str(out / "student"))
     student_nfe = sinfo["student"]["nfe"]
