@@ -20,12 +20,13 @@ from onestep.core.nn.lora import (
     lora_state_dict,
     merge_lora,
 )
-from onestep.core.nn.mlp import MLP
+from onestep.core.nn.mlp import MLP, ConcatMLP
 from onestep.core.nn.precond import EDMPrecond, edm_coefficients
 from onestep.core.nn.unet import UNet
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
+    "concat_mlp": ConcatMLP,
     "unet": UNet,
     "dit": DiT,
     "edm_precond": EDMPrecond,
@@ -84,6 +85,7 @@ def network_name(net: nn.Module) -> str:
 __all__ = [
     "NETWORKS",
     "MLP",
+    "ConcatMLP",
     "CondEmbed",
     "DiT",
     "EDMPrecond",
