@@ -246,6 +246,18 @@ class VP(Path):
         """The discrete linear-beta schedule of DDPM (Ho et al. 2020, Sec. 4)."""
         return cls.from_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
 
+    @classmethod
+    def ddpm_cosine(cls, num_steps: int = 100, s: float = 0.008, max_beta: float = 0.999) -> VP:
+        """The discrete cosine schedule of Nichol & Dhariwal 2021 (Eq. 17, betas clipped at
+        0.999): beta_n = min(1 - abar((n + 1) / N) / abar(n / N), max_beta) with
+        abar(u) = cos^2((u + s) / (1 + s) pi / 2); diffusers' "squaredcos_cap_v2", the schedule
+        of Diffusion Policy (Chi et al. 2023)."""
+        if num_steps < 2:
+            raise ValueError(f"ddpm_cosine needs at least 2 steps, got {num_steps}")
+        u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        abar = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+        return cls.from_betas((1.0 - abar[1:] / abar[:-1]).clamp(max=max_beta))
+
     @property
     def num_steps(self) -> int | None:
         return None if self.betas is None else self.betas.numel()
