@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from onestep.core.cli import run_cli
 
-DESCRIPTION = """Offline-RL and robot-demonstration data for one-step policies: make D4RL-style
-splits of gymnasium MuJoCo tasks from behaviour policies trained here, and scripted robosuite
-demonstrations, as D4RL, Minari or robomimic files; read and check any of them.
+DESCRIPTION = """One-step policies for offline RL and robot imitation: make D4RL-style splits of
+gymnasium MuJoCo tasks from behaviour policies trained here, and scripted robosuite
+demonstrations, as D4RL, Minari or robomimic files; read and check any of them; train a policy
+(ofql, dql, fbc, bc, dm1, diffusion-policy) and evaluate it by rollouts.
 
 `onestep-policy COMMAND --help` shows a command's flags."""
 
@@ -95,9 +96,75 @@ class InspectArgs:
     """Also write the summary to this JSON file."""
 
 
+@dataclass(frozen=True)
+class TrainArgs:
+    """Train a policy on a dataset: offline RL (ofql, dql, fbc, bc) or imitation (dm1,
+    diffusion-policy).
+
+    The run folder gets run.json (the resolved settings), log.jsonl, checkpoints/ (atomic; --resume
+    continues exactly) and the final weights. Each algorithm's paper settings are the defaults;
+    --set changes any field of its config."""
+
+    REPEATABLE = ("set",)
+
+    algo: str = ""
+    """ofql (one-step flow Q-learning), dql (diffusion Q-learning, 5 steps), fbc (flow
+    behaviour cloning), bc (MLP behaviour cloning), dm1 (MeanFlow with dispersive
+    regularisation, robot demonstrations) or diffusion-policy (its DDPM / DDIM baseline)
+    (required)."""
+    data: str = ""
+    """A D4RL or robomimic hdf5 file or a Minari dataset folder (required)."""
+    out: str = ""
+    """Run folder to write (required)."""
+    env: str = ""
+    """The task (default: the one the dataset names)."""
+    steps: int = 0
+    """Gradient steps; 0: the algorithm's default."""
+    batch_size: int = 0
+    """Batch size; 0: the algorithm's default."""
+    set: str = ""
+    """Overrides of the algorithm's config, "key=value" pairs (e.g. --set eta=0.5 --set
+    lr=1e-4); --dry-run shows the fields."""
+    seed: int = 0
+    resume: bool = False
+    """Continue the run in --out from its newest checkpoint."""
+    overwrite: bool = False
+    """Delete the run in --out and start again."""
+    threads: int = 1
+    """CPU threads for torch (small MLPs run fastest on one)."""
+    progress: bool = True
+    """Show progress bars."""
+    dry_run: bool = False
+    """Print the resolved configuration and stop."""
+
+    OWN_DRY_RUN = True
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate a trained policy by rollouts in its task: normalised score with its 95-percent interval
+    over episodes, latency per action (median and p95, batch 1) and network evaluations per
+    action."""
+
+    run: str = ""
+    """Run folder written by `onestep-policy train` (required)."""
+    episodes: int = 10
+    """Rollout episodes."""
+    seed: int = 0
+    """Seed of the first episode's reset (then seed + 1, ...) and of the policy's noise."""
+    json: str = ""
+    """Also write the result to this JSON file."""
+    threads: int = 1
+    """CPU threads for torch (latency is measured with these)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
 COMMANDS = {
     "make-dataset": (MakeDatasetArgs, "onestep.policy.commands:make_dataset"),
     "inspect": (InspectArgs, "onestep.policy.commands:inspect"),
+    "train": (TrainArgs, "onestep.policy.commands:train"),
+    "eval": (EvalArgs, "onestep.policy.commands:eval"),
 }
 
 

@@ -1,5 +1,7 @@
 """The verbs of `onestep-policy` as Python functions of the same names (call them from a notebook
-with keyword arguments; the command line passes its flags): make_dataset and inspect."""
+with keyword arguments; the command line passes its flags): make_dataset, inspect, train and
+eval. train and eval dispatch on the algorithm: ofql, dql, fbc and bc to onestep.policy.offline,
+dm1 and diffusion-policy to onestep.policy.imitation."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .cli import InspectArgs, MakeDatasetArgs
+from .cli import EvalArgs, InspectArgs, MakeDatasetArgs, TrainArgs
 
-__all__ = ["make_dataset", "inspect"]
+__all__ = ["make_dataset", "inspect", "train", "eval"]
 
 
 def _args(cls, args, kwargs):
@@ -70,5 +72,100 @@ def inspect(args: InspectArgs | None = None, **kwargs) -> dict:
     for k, v in s.items():
         print(f"{k:<18} {v if not isinstance(v, float) else f'{v:.4g}'}")
     if a.json:
+        Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
+    return s
+
+
+# -- train and eval -----------------------------------------------------------------------------
+OFFLINE = ("ofql", "dql", "fbc", "bc")
+IMITATION = ("dm1", "diffusion-policy")
+
+
+def _backend(algo: str):
+    """The module that trains `algo`: onestep.policy.offline or onestep.policy.imitation."""
+    from importlib import import_module
+
+    if algo in OFFLINE:
+        return import_module(".offline", __package__)
+    if algo in IMITATION:
+        try:
+            return import_module(".imitation", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.imitation":
+                raise
+            raise ValueError(f"--algo {algo}: onestep.policy.imitation is not installed in "
+                             "this version") from None
+    raise ValueError(f"unknown --algo {algo!r}; choose from {', '.join(OFFLINE + IMITATION)}")
+
+
+def _run_algo(run: str) -> str:
+    file = Path(run) / "run.json"
+    if not Path(run).exists():
+        raise FileNotFoundError(f"{run}: no such run folder")
+    try:
+        return str(json.loads(file.read_text())["algo"])
+    except FileNotFoundError:
+        raise ValueError(f"{run} holds no run.json: not a run written by onestep-policy "
+                         "train") from None
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{file} is unreadable or names no algorithm") from None
+
+
+def train(args: TrainArgs | None = None, **kwargs) -> dict:
+    """`onestep-policy train`: train --algo on --data into --out."""
+    a = _args(TrainArgs, args, kwargs)
+    if not a.algo:
+        raise ValueError(f"--algo is required: one of {', '.join(OFFLINE + IMITATION)}")
+    backend = _backend(a.algo)
+    if not a.data or not a.out:
+        raise ValueError("--data (the dataset) and --out (the run folder) are required")
+    if a.dry_run:
+        resolve = getattr(backend, "resolve_config", None)
+        shown = dataclasses.asdict(a)
+        if resolve is not None:
+            config = resolve(a.algo, a.set)
+            config = dataclasses.replace(config, **({"steps": a.steps} if a.steps else {}),
+                                         **({"batch_size": a.batch_size} if a.batch_size
+                                            else {}))
+            shown["config"] = dataclasses.asdict(config)
+        print(json.dumps(shown, indent=1))
+        return shown
+    s = backend.train(a.algo, a.data, a.out, env=a.env, steps=a.steps,
+                      batch_size=a.batch_size, seed=a.seed, overrides=a.set or None,
+                      resume=a.resume, overwrite=a.overwrite, progress=a.progress,
+                      threads=a.threads)
+    logs = s.get("final_logs") or {}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if "loss" in k)
+    print(f"{a.algo} on {s.get('env', a.env)}: {s['steps']} steps in "
+          f"{s['train_seconds']:.1f} s{'; ' + shown if shown else ''}; saved to {a.out}")
+    return s
+
+
+def eval(args: EvalArgs | None = None, **kwargs) -> dict:  # noqa: A001 (the verb's name)
+    """`onestep-policy eval`: roll out the policy in --run and print score and latency."""
+    import torch
+
+    a = _args(EvalArgs, args, kwargs)
+    if not a.run:
+        raise ValueError("--run is required: a run folder written by onestep-policy train")
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    backend = _backend(_run_algo(a.run))
+    s = backend.evaluate(a.run, episodes=a.episodes, seed=a.seed, progress=a.progress)
+    rows = [("algo", s.get("algo")), ("env", s.get("env")), ("episodes", s.get("episodes"))]
+    if s.get("returns") is not None:
+        rows.append(("mean return", _fmt(s.get("mean_return"))))
+    ci = s.get("score_ci")
+    rows.append(("score", f"{_fmt(s.get('score'))}"
+                 + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")))
+    rows += [("latency ms (median, p95)",
+              f"{_fmt(s.get('latency_ms_median'), '.3f')}, "
+              f"{_fmt(s.get('latency_ms_p95'), '.3f')}"),
+             ("nfe", s.get("nfe"))]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
     return s
