@@ -114,9 +114,11 @@ class DM1Config(_ChunkConfig):
     """InfoNCE temperature (DM1's code: 0.5)."""
     dispersive_margin: float = 1.0
     """Hinge margin epsilon."""
-    dispersive_layers: str = "time_embed,cond_embed"
-    """Comma-separated layers of the MLP whose outputs are dispersed: DM1's code disperses the
-    time (t and t - r) and observation embeddings; "blocks.K" names a residual block."""
+    dispersive_layers: str = "mid"
+    """Comma-separated layers of the MLP whose outputs are dispersed: "mid" (the middle residual
+    block; DM1's README recommends the middle layer), "blocks.K", or "time_embed,cond_embed"
+    (the time (t, t - r) and observation embeddings, which DM1's released MeanFlow code
+    disperses)."""
     sample_steps: int = 1
     """MeanFlow steps per action chunk at inference (1: one network evaluation)."""
     jvp: str = "double_backward"
@@ -279,8 +281,9 @@ class DM1Loss:
     """L = L_MF + lambda L_disp (DM1 Sec. 3): the MeanFlow regression of u(z_t, r, t | obs) onto
     sg(v - (t - r) du/dt), v = eps - a (Geng et al. 2025, Eq. 9-10, Alg. 1), with the per-sample
     mean squared error weighted by sg(1 / (mse + c)^p) (Sec. 4.3; p = 0: plain MSE), plus the
-    dispersive loss (Wang & He 2025, Table 1) of the embeddings that the same forward pass
-    computes (DM1's code runs a second forward for them; this one reuses the loss's)."""
+    dispersive loss (Wang & He 2025, Table 1) of the intermediate embeddings that the same
+    forward pass computes (DM1's code runs a second forward for them; this one reuses the
+    loss's)."""
 
     def __init__(self, cfg: DM1Config):
         self.cfg = cfg
@@ -291,8 +294,8 @@ class DM1Loss:
 
         if id(model) not in self._regs:
             c = self.cfg
-            layers = [f"net.{name.strip()}" for name in c.dispersive_layers.split(",")
-                      if name.strip()]
+            names = [n.strip() for n in c.dispersive_layers.split(",") if n.strip()]
+            layers = [f"net.blocks.{c.depth // 2}" if n == "mid" else f"net.{n}" for n in names]
             self._regs[id(model)] = DispersiveRegularizer(
                 model.net, layers, weight=c.dispersive_weight, variant=c.dispersive_variant,
                 tau=c.dispersive_tau, margin=c.dispersive_margin)
