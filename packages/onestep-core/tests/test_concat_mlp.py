@@ -72,3 +72,10 @@ def test_flow_policy_euler_matches_a_closed_form():
     z = torch.randn(6, 2, dtype=torch.float64)
     out = sample_euler(den, z, torch.linspace(1.0, 0.0, 4, dtype=torch.float64))
     torch.testing.assert_close(out, target.to(out).expand(6, 2))
+
+
+def test_forward_embedded_is_forward():
+    torch.manual_seed(0)
+    net = ConcatMLP(2, cond_dim=3, hidden=16)
+    x, s, t = torch.randn(4, 2), torch.randn(4, 3), torch.rand(4)
+    torch.testing.assert_close(net.forward_embedded(x, net.time_embed(t, 4), s), net(x, t, s))

@@ -123,15 +123,13 @@ def test_ofql_action_is_one_step_of_its_average_velocity():
     torch.nn.init.normal_(policy.model.net.net.time_embed.gap.mlp[-1].weight)  # r matters
     s = torch.randn(7, 3)
     calls = []
-    hook = policy.model.register_forward_hook(lambda m, i, o: calls.append(i))
+    hook = policy.model.net.net.net.register_forward_hook(lambda m, i, o: calls.append(i))
     a = policy.act(s, torch.Generator().manual_seed(3))
     hook.remove()
     eps = torch.randn(7, 2, generator=torch.Generator().manual_seed(3))
     u = policy.model(eps, torch.zeros(7), torch.ones(7), s)
     torch.testing.assert_close(a, (eps - u).clamp(-1, 1))
-    assert len(calls) == 1
-    z, r, t, _ = calls[0]
-    assert torch.equal(r, torch.zeros(7)) and torch.equal(t, torch.ones(7))
+    assert len(calls) == 1  # one pass of the MLP per action
 
 
 def test_dql_sampler_recovers_the_action_of_an_exact_eps_network():
@@ -141,18 +139,82 @@ def test_dql_sampler_recovers_the_action_of_an_exact_eps_network():
     policy = offline.DiffusionPolicy(2, 2, c)
     path = policy.path
 
-    for target, expect in ((torch.tensor([0.4, -0.9]), [0.4, -0.9]),
-                           (torch.tensor([1.7, -3.0]), [1.0, -1.0])):
-        class Exact(torch.nn.Module):
-            def forward(self, x, index, cond=None, target=target):
-                t = (index.double() + 1) / c.n_timesteps
-                a, s = path.alpha(t)[:, None].float(), path.sigma(t)[:, None].float()
-                return (x - a * target) / s
+    class Exact(torch.nn.Module):  # reads the step index through its "time embedding"
+        dim = 2
 
-        policy.net = Exact()
-        policy.net.dim = 2
+        def __init__(self, target):
+            super().__init__()
+            self.target = target
+
+        def time_embed(self, index, n):
+            return index.reshape(n, 1)
+
+        def forward_embedded(self, x, emb, cond=None):
+            t = (emb[:, 0].double() + 1) / c.n_timesteps
+            a, s = path.alpha(t)[:, None].float(), path.sigma(t)[:, None].float()
+            return (x - a * self.target) / s
+
+    for target, expect in (([0.4, -0.9], [0.4, -0.9]), ([1.7, -3.0], [1.0, -1.0])):
+        policy.net = Exact(torch.tensor(target))
         out = policy.act(torch.zeros(5, 2), torch.Generator().manual_seed(0))
         torch.testing.assert_close(out, torch.tensor(expect).expand(5, 2), atol=1e-5, rtol=0)
+
+
+def _clipped_ddpm(net, path):
+    """Core's reference for DQL's sampler: a Denoiser of the eps network (fed the step index)
+    whose x0 is clipped to [-1, 1], eps recomputed from it, for core's sample_ddim."""
+    from onestep.core.convert import as_batch_time, to_x0_eps
+    from onestep.core.denoiser import Denoiser
+
+    class Clipped(Denoiser):
+        def x0_eps(self, x_t, t, cond=None):
+            x0, _ = super().x0_eps(x_t, t, cond)
+            return to_x0_eps("x0", x0.clamp(-1.0, 1.0), x_t, as_batch_time(t, x_t), self.path)
+
+    return Clipped(net, path, prediction="eps", time_input="index")
+
+
+def test_fast_samplers_equal_core_solvers():
+    """The policies' samplers (coefficients and time embeddings precomputed) equal core's
+    solvers on the same noise: DQL = sample_ddim(eta=1) with x0 clipped on the step grid, fbc
+    = sample_euler on the rectified-flow path, OFQL = MeanFlowModel(eps, 0, 1)."""
+    from onestep.core.denoiser import Denoiser
+    from onestep.core.paths import RectifiedFlow
+    from onestep.core.solvers import sample_ddim, sample_euler
+
+    torch.manual_seed(0)
+    s = torch.randn(6, 3)
+    dql = offline.DiffusionPolicy(3, 2, offline.DQLConfig(hidden=16, depth=2))
+    with torch.no_grad():
+        dql.net.net[-1].weight.mul_(20)  # x0 far outside [-1, 1]: the clip matters
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(6, 2, generator=g)
+    ref = sample_ddim(_clipped_ddpm(dql.net, dql.path), z, torch.linspace(1, 0, 6).double(),
+                      cond=s, generator=g, eta=1.0).clamp(-1, 1)
+    fast = dql.act(s, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert 0 < (fast.abs() == 1).float().mean() < 1
+
+    fbc = offline.FlowPolicy(3, 2, offline.FBCConfig(hidden=16, depth=2, nfe=4))
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
+    den = Denoiser(fbc.net, RectifiedFlow(), prediction="velocity", time_input="t")
+    ref = sample_euler(den, z, torch.linspace(1, 0, 5).double(), cond=s).clamp(-1, 1)
+    torch.testing.assert_close(fbc.act(s, torch.Generator().manual_seed(2)), ref)
+
+    ofql = offline.MeanFlowPolicy(3, 2, offline.OFQLConfig(hidden=16, depth=2))
+    torch.nn.init.normal_(ofql.model.net.net.time_embed.gap.mlp[-1].weight)  # r matters
+    z = torch.randn(6, 2)
+    torch.testing.assert_close(ofql.one_step(z, s),
+                               z - ofql.model(z, torch.zeros(6), torch.ones(6), s))
+
+    # freeze() (deployment) keeps the grid's time embeddings: the same actions; train() drops them
+    for policy in (dql, fbc, ofql):
+        before = policy.act(s, torch.Generator().manual_seed(5))
+        policy.eval().freeze()
+        assert policy._frozen is not None
+        torch.testing.assert_close(policy.act(s, torch.Generator().manual_seed(5)), before)
+        policy.train()
+        assert policy._frozen is None
 
 
 def test_dql_betas_are_the_papers_vp_schedule():

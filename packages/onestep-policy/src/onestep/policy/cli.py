@@ -142,9 +142,9 @@ class TrainArgs:
 
 @dataclass(frozen=True)
 class EvalArgs:
-    """Evaluate a trained policy by rollouts in its task: normalised score with its 95-percent interval
-    over episodes, latency per action (median and p95, batch 1) and network evaluations per
-    action."""
+    """Evaluate a trained policy by rollouts in its task: normalised score with its 95-percent
+    interval over episodes, latency per action (median and p95, batch 1) and network
+    evaluations per action."""
 
     run: str = ""
     """Run folder written by `onestep-policy train` (required)."""

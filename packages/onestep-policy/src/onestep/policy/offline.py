@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -244,6 +245,27 @@ def _noise(shape, like: Tensor, generator) -> Tensor:
                        dtype=like.dtype).to(like.device)
 
 
+class _FixedGrid(nn.Module):
+    """A policy that samples on a fixed grid of times: `_time_embeddings()` embeds all of them
+    in one call; `freeze()` (for deployment: evaluate calls it once the weights are loaded)
+    keeps them, so acting runs only the MLP passes. Training never freezes."""
+
+    _frozen: Tensor | None = None
+
+    def freeze(self):
+        with torch.no_grad():
+            self._frozen = self._time_embeddings()
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._frozen = None
+        return super().train(mode)
+
+    def _embeddings(self) -> Tensor:
+        return self._frozen if self._frozen is not None else self._time_embeddings()
+
+
 class BCPolicy(nn.Module):
     """a = MLP(s), clipped to [-1, 1] when acting."""
 
@@ -260,8 +282,11 @@ class BCPolicy(nn.Module):
     def act(self, obs: Tensor, generator=None) -> Tensor:
         return self.net(obs).clamp(-1.0, 1.0)
 
+    def freeze(self):
+        return self
 
-class FlowPolicy(nn.Module):
+
+class FlowPolicy(_FixedGrid):
     """Flow-matching policy v(z_t, t | s) (rectified flow, t=0 action, t=1 noise), sampled with
     core's Euler solver in `nfe` steps."""
 
@@ -282,14 +307,20 @@ class FlowPolicy(nn.Module):
         return loss, {"bc_loss": loss.detach()}
 
     def act(self, obs: Tensor, generator=None) -> Tensor:
-        from onestep.core.denoiser import Denoiser
-        from onestep.core.paths import RectifiedFlow
-        from onestep.core.solvers import sample_euler
-
-        den = Denoiser(self.net, RectifiedFlow(), prediction="velocity", time_input="t")
+        """Euler from t = 1 to 0 in `nfe` equal steps, z <- z + (t' - t) v(z, t | s): core's
+        `sample_euler` on the rectified-flow path (tested equal), with the grid's time
+        embeddings computed in one call."""
         z = _noise((len(obs), self.net.dim), obs, generator)
-        times = torch.linspace(1.0, 0.0, self.nfe + 1, dtype=torch.float64)
-        return sample_euler(den, z, times, cond=obs).clamp(-1.0, 1.0)
+        times = torch.linspace(1.0, 0.0, self.nfe + 1).tolist()
+        emb = self._embeddings()  # (nfe, time_hidden)
+        for i in range(self.nfe):
+            v = self.net.forward_embedded(z, emb[i].expand(len(z), -1), obs)
+            z = z + (times[i + 1] - times[i]) * v
+        return z.clamp(-1.0, 1.0)
+
+    def _time_embeddings(self) -> Tensor:
+        times = torch.linspace(1.0, 0.0, self.nfe + 1)[:-1]
+        return self.net.time_embed(times, self.nfe)
 
 
 def dql_betas(n: int, beta_min: float = 0.1, beta_max: float = 10.0) -> Tensor:
@@ -300,21 +331,7 @@ def dql_betas(n: int, beta_min: float = 0.1, beta_max: float = 10.0) -> Tensor:
     return 1.0 - torch.exp(-beta_min / n - 0.5 * (beta_max - beta_min) * (2 * i - 1) / n**2)
 
 
-def _clipped_denoiser(net: nn.Module, path):
-    """A Denoiser of the eps-network `net` (fed the step index) whose x0 is clipped to the action
-    range [-1, 1] with eps recomputed from it (DQL's clip_denoised in p_mean_variance)."""
-    from onestep.core.convert import as_batch_time, to_x0_eps
-    from onestep.core.denoiser import Denoiser
-
-    class _Clipped(Denoiser):
-        def x0_eps(self, x_t, t, cond=None):
-            x0, _ = super().x0_eps(x_t, t, cond)
-            return to_x0_eps("x0", x0.clamp(-1.0, 1.0), x_t, as_batch_time(t, x_t), self.path)
-
-    return _Clipped(net, path, prediction="eps", time_input="index")
-
-
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(_FixedGrid):
     """DQL's policy: eps_theta(a_i, i | s) on the discrete VP path of `dql_betas`; acting is
     DDPM ancestral sampling over all N steps (core's DDIM with eta = 1 on the step grid, the same
     posterior q(a_{i-1} | a_i, a_0) DQL samples) with x0 clipped to [-1, 1]."""
@@ -328,6 +345,18 @@ class DiffusionPolicy(nn.Module):
                              time_dim=c.time_dim, time_scale=1.0)  # fed the index 0..N-1
         self.path = VP.from_betas(dql_betas(c.n_timesteps, c.beta_min, c.beta_max))
         self.nfe = c.n_timesteps
+        # the sampler's coefficients on the step grid t_i = i / N, from core's path: step i
+        # goes from (alpha, sigma) at t to (alpha', sigma') at t' = t - 1/N with the DDPM
+        # posterior's noise s = sigma' sqrt(1 - e^{-2h}), h = lam' - lam (DDIM, eta = 1)
+        times = torch.linspace(1.0, 0.0, self.nfe + 1, dtype=torch.float64)
+        alpha, sigma = self.path.alpha(times).tolist(), self.path.sigma(times).tolist()
+        lam = (0.5 * self.path.log_snr(times)).tolist()
+        self._steps = []
+        for i in range(self.nfe):
+            s = sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * (lam[i + 1] - lam[i]))) \
+                if sigma[i + 1] > 0 else 0.0
+            self._steps.append((alpha[i], sigma[i], alpha[i + 1],
+                                math.sqrt(max(sigma[i + 1] ** 2 - s * s, 0.0)), s))
 
     def loss(self, obs, act, generator=None):
         # DQL Eq. 2: i ~ U{1..N}, a_i = sqrt(abar_i) a + sqrt(1 - abar_i) eps, ||eps - eps_theta||^2
@@ -342,16 +371,26 @@ class DiffusionPolicy(nn.Module):
         return loss, {"bc_loss": loss.detach()}
 
     def act(self, obs: Tensor, generator=None) -> Tensor:
-        from onestep.core.solvers import sample_ddim
+        """DDPM ancestral sampling over the N steps with x0 clipped to [-1, 1] (DQL's p_sample
+        loop): core's `sample_ddim(eta=1)` on the step grid with a clipped x0 (tested equal),
+        with the coefficients precomputed and the N time embeddings computed in one call."""
+        x = _noise((len(obs), self.net.dim), obs, generator)
+        emb = self._embeddings()  # (N, time_hidden) of the indices N-1, ..., 0
+        for i, (a, s, a_next, direction, noise) in enumerate(self._steps):
+            eps = self.net.forward_embedded(x, emb[i].expand(len(x), -1), obs)
+            x0 = ((x - s * eps) / a).clamp(-1.0, 1.0)  # clip_denoised
+            eps = (x - a * x0) / s  # the eps that goes with the clipped x0
+            x = a_next * x0 + direction * eps
+            if noise > 0:
+                x = x + noise * _noise(x.shape, x, generator)
+        return x.clamp(-1.0, 1.0)
 
-        den = _clipped_denoiser(self.net, self.path)
-        z = _noise((len(obs), self.net.dim), obs, generator)
-        times = torch.linspace(1.0, 0.0, self.nfe + 1, dtype=torch.float64)
-        out = sample_ddim(den, z, times, cond=obs, generator=generator, eta=1.0)
-        return out.clamp(-1.0, 1.0)
+    def _time_embeddings(self) -> Tensor:
+        index = torch.arange(self.nfe - 1, -1, -1, dtype=torch.float32)  # N-1, ..., 0
+        return self.net.time_embed(index, self.nfe)
 
 
-class MeanFlowPolicy(nn.Module):
+class MeanFlowPolicy(_FixedGrid):
     """OFQL's policy: the average velocity u(z_t, r, t | s) (core's MeanFlowModel around a
     TwoTimeNet(ConcatMLP)); the action is one step from noise, a = eps - u(eps, 0, 1 | s)
     (MeanFlow's z_r = z_t - (t - r) u with t = 1, r = 0)."""
@@ -384,9 +423,14 @@ class MeanFlowPolicy(nn.Module):
         return loss, {"bc_loss": loss.detach(), "mf_mse": logs["mse"]}
 
     def one_step(self, noise: Tensor, obs: Tensor) -> Tensor:
-        """eps - u(eps, 0, 1 | s), unclipped."""
-        zeros, ones = torch.zeros(len(noise)), torch.ones(len(noise))
-        return noise - self.model(noise, zeros.to(noise), ones.to(noise), obs)
+        """eps - u(eps, 0, 1 | s), unclipped: `self.model(noise, 0, 1, obs)` (tested equal) with
+        the embedding of (t, t - r) = (1, 1) computed once for the batch."""
+        net = self.model.net.net  # the ConcatMLP inside the TwoTimeNet
+        emb = self._embeddings()  # (1, time_hidden)
+        return noise - net.forward_embedded(noise, emb.expand(len(noise), -1), obs)
+
+    def _time_embeddings(self) -> Tensor:
+        return self.model.net.net.time_embed(torch.ones(1, 2), 1)  # t = 1, t - r = 1
 
     def act(self, obs: Tensor, generator=None) -> Tensor:
         noise = _noise((len(obs), self.act_dim), obs, generator)
@@ -657,7 +701,8 @@ def _config_from(algo: str, values: dict):
 
 
 def load_policy(run) -> tuple[nn.Module, Critic | None, dict]:
-    """(policy, target critic or None, run.json) of a finished run, in eval mode."""
+    """(policy, target critic or None, run.json) of a finished run, in eval mode with its time
+    embeddings frozen (`_FixedGrid.freeze`)."""
     import safetensors.torch
 
     info = _read_run(run)
@@ -678,7 +723,7 @@ def load_policy(run) -> tuple[nn.Module, Critic | None, dict]:
         critic.load_state_dict({k[len("critic_target."):]: v for k, v in weights.items()
                                 if k.startswith("critic_target.")})
         critic.eval()
-    return policy.eval(), critic, info
+    return policy.eval().freeze(), critic, info
 
 
 def _bootstrap_ci(x: np.ndarray, seed: int, n: int = 10_000) -> list[float]:

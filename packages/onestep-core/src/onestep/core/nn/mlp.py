@@ -132,11 +132,16 @@ class ConcatMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        return self.forward_embedded(x, self.time_embed(t, x.shape[0]), cond)
+
+    def forward_embedded(self, x: Tensor, emb: Tensor, cond: Tensor | None = None) -> Tensor:
+        """`forward` given the time embedding emb = time_embed(t) (B, time_hidden): a sampler on
+        a fixed grid of times embeds all of them in one call."""
         batch = x.shape[0]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"ConcatMLP built for x of shape (B, {self.dim}), got "
                              f"{tuple(x.shape)}")
-        parts = [x, self.time_embed(t, batch).to(x.dtype)]  # (B, dim), (B, time_hidden)
+        parts = [x, emb.to(x.dtype)]  # (B, dim), (B, time_hidden)
         if self.cond_dim:
             if cond is None or cond.shape != (batch, self.cond_dim):
                 got = "none" if cond is None else tuple(cond.shape)
