@@ -135,6 +135,24 @@ def test_network_evaluations_per_action_chunk(tmp_path, toy_file):
         load_policy(tmp_path / "dm1", sampler="ddim")
 
 
+def test_unet1d_network_trains_resumes_and_disperses_its_middle(tmp_path, toy_file):
+    """The paper's temporal UNet in place of the MLP: dm1 disperses its mid2 block, and the
+    stored tuple setting (unet_dims) resumes."""
+    kw = dict(batch_size=16, progress=False,
+              overrides={**TINY, "network": "unet1d", "unet_dims": "8,16", "time_dim": "16"})
+    train("dm1", str(toy_file), str(tmp_path / "u"), steps=2, **kw)
+    s = train("dm1", str(toy_file), str(tmp_path / "u"), steps=4, resume=True, **kw)
+    assert s["steps"] == 4
+    log = [json.loads(line) for line in (tmp_path / "u" / "log.jsonl").read_text().splitlines()]
+    assert "disp" in log[-1]["logs"] and log[-1]["step"] == 4
+    policy = load_policy(tmp_path / "u")
+    assert type(policy.model.net.net).__name__ == "UNet1D"
+    assert policy.predict_chunk(np.zeros((1, 3))).shape == (4, 2)
+    with pytest.raises(ValueError, match="horizon divisible"):
+        train("diffusion-policy", str(toy_file), str(tmp_path / "v"),
+              overrides={"network": "unet1d", "horizon": "6", "n_action_steps": "2"})
+
+
 def test_wilson_interval():
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(27.75, abs=0.01)

@@ -9,8 +9,9 @@ Sec. 3.1 and its low-dimensional robomimic configuration): the last `n_obs_steps
 (min-max normalised to [-1, 1], the first one repeated at an episode's start) condition a network
 that generates a chunk of `horizon` future actions (normalised to [-1, 1]); the first
 `n_action_steps` of them are executed before the next query (receding horizon). The network is
-core's residual FiLM MLP on the flat chunk (B, horizon * action_dim) with the observation
-history as its vector condition; the same network serves both algorithms.
+core's residual FiLM MLP on the flat chunk (B, horizon * action_dim), or core's UNet1D (the
+paper's conditional temporal UNet), with the observation history as its vector condition; the
+same network serves both algorithms.
 
 dm1 (Zou et al. 2025, "DM1: MeanFlow with Dispersive Regularization for 1-Step Robotic
 Manipulation"): the MeanFlow objective (Geng et al. 2025, Eq. 9-10; core's `meanflow_target`) on
@@ -60,13 +61,19 @@ class _ChunkConfig:
     """Observations the policy is conditioned on (T_o = 2)."""
     n_action_steps: int = 8
     """Actions executed per query before the next one (T_a = 8)."""
+    network: str = "mlp"
+    """"mlp": core's residual FiLM MLP on the flat chunk (the small-scale choice for CPU
+    training; DM1's code uses a 768x3 residual MLP); "unet1d": core's UNet1D, Diffusion
+    Policy's conditional temporal UNet (Chi et al. 2023, Fig. 2b)."""
     hidden: int = 256
-    """Width of the residual FiLM MLP (measured small-scale choice for CPU training; the papers
-    use a 1-D conv UNet, DP, or a 768x3 residual MLP, DM1's code)."""
+    """Width of the MLP."""
     depth: int = 4
     """Residual blocks of the MLP."""
+    unet_dims: tuple[int, ...] = (64, 128, 256)
+    """Channels per UNet1D level (Diffusion Policy: 256, 512, 1024); the horizon must be
+    divisible by 2^(levels - 1)."""
     time_dim: int = 64
-    """Sinusoidal time features."""
+    """Sinusoidal time features (the embedding width of UNet1D)."""
     steps: int = 20000
     """Training steps."""
     batch_size: int = 256
@@ -165,6 +172,12 @@ def _validate(algo: str, c) -> None:
     bad = [k for k, v in ints.items() if v < 1]
     if bad:
         raise ValueError(f"{algo}: {', '.join(bad)} must be at least 1")
+    if c.network not in ("mlp", "unet1d"):
+        raise ValueError(f"{algo}: unknown network {c.network!r}; choose mlp or unet1d")
+    if c.network == "unet1d" and (not c.unet_dims or min(c.unet_dims) < 1
+                                  or c.horizon % 2 ** (len(c.unet_dims) - 1)):
+        raise ValueError(f"{algo}: unet1d needs positive unet_dims and a horizon divisible by "
+                         f"2^(levels - 1); got horizon {c.horizon}, unet_dims {c.unet_dims}")
     if c.n_action_steps > c.horizon:
         raise ValueError(f"{algo}: n_action_steps ({c.n_action_steps}) exceeds the horizon "
                          f"({c.horizon})")
@@ -253,10 +266,14 @@ class Normalizer:
 
 
 # -- networks and losses ------------------------------------------------------------------------
-def _mlp(cfg, obs_dim: int, action_dim: int):
-    from onestep.core.nn.mlp import MLP
+def _network(cfg, obs_dim: int, action_dim: int):
+    """The action network: chunk (B, horizon * A), time, observation history (B, n_obs * D)."""
+    from onestep.core.nn import MLP, UNet1D
 
     # time_scale 1: DDPM feeds the step index 0..N-1, MeanFlow t and t - r in [0, 1]
+    if cfg.network == "unet1d":
+        return UNet1D(action_dim, cfg.horizon, dims=cfg.unet_dims, time_dim=cfg.time_dim,
+                      cond_dim=cfg.n_obs_steps * obs_dim, time_scale=1.0)
     return MLP(dim=cfg.horizon * action_dim, hidden=cfg.hidden, depth=cfg.depth,
                time_dim=cfg.time_dim, cond_dim=cfg.n_obs_steps * obs_dim, time_scale=1.0)
 
@@ -267,7 +284,7 @@ def build_model(algo: str, cfg, obs_dim: int, action_dim: int) -> nn.Module:
     from onestep.core.denoiser import Denoiser
     from onestep.core.paths import VP, RectifiedFlow
 
-    net = _mlp(cfg, obs_dim, action_dim)
+    net = _network(cfg, obs_dim, action_dim)
     if algo == "dm1":
         from onestep.core.distill.meanflow import MeanFlowModel, TwoTimeNet
 
@@ -294,8 +311,11 @@ class DM1Loss:
 
         if id(model) not in self._regs:
             c = self.cfg
+            from onestep.core.distill.dispersive import default_layers
+
             names = [n.strip() for n in c.dispersive_layers.split(",") if n.strip()]
-            layers = [f"net.blocks.{c.depth // 2}" if n == "mid" else f"net.{n}" for n in names]
+            mid = default_layers(model.net.net)  # the MLP's middle block, UNet1D's mid2
+            layers = [f"net.{m}" for n in names for m in (mid if n == "mid" else [n])]
             self._regs[id(model)] = DispersiveRegularizer(
                 model.net, layers, weight=c.dispersive_weight, variant=c.dispersive_variant,
                 tau=c.dispersive_tau, margin=c.dispersive_margin)
@@ -469,7 +489,7 @@ def load_policy(run, *, sampler: str = "", seed: int = 0) -> ChunkPolicy:
 
 def _config_kwargs(cls, stored: dict) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in stored.items() if k in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names}
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -517,8 +537,8 @@ def train(algo: str, dataset: str, out: str, *, env: str = "", steps: int = 0,
             if old.get(key) != info[key]:
                 raise ValueError(f"{out}: cannot resume a run with {key}={old.get(key)!r} as "
                                  f"{key}={info[key]!r}")
-        changed = sorted(k for k, v in info["config"].items()
-                         if k != "steps" and old["config"].get(k) != v)
+        now = json.loads(json.dumps(info["config"]))  # tuples as the stored lists
+        changed = sorted(k for k, v in now.items() if k != "steps" and old["config"].get(k) != v)
         if changed:
             had = ", ".join(f"{k}={old['config'].get(k)!r}" for k in changed)
             raise ValueError(f"{out}: cannot resume with different settings: "

@@ -23,11 +23,13 @@ from onestep.core.nn.lora import (
 from onestep.core.nn.mlp import MLP, ConcatMLP
 from onestep.core.nn.precond import EDMPrecond, edm_coefficients
 from onestep.core.nn.unet import UNet
+from onestep.core.nn.unet1d import UNet1D
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "concat_mlp": ConcatMLP,
     "unet": UNet,
+    "unet1d": UNet1D,
     "dit": DiT,
     "edm_precond": EDMPrecond,
     "guidance_cond": GuidanceConditioned,
@@ -95,6 +97,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "TimeEmbed",
     "UNet",
+    "UNet1D",
     "apply_lora",
     "broadcast_time",
     "build_network",
