@@ -131,6 +131,12 @@ def test_network_evaluations_per_action_chunk(tmp_path, toy_file):
         policy.model.model = net = count_calls(policy.model.model)
         chunk = policy.predict_chunk(np.zeros((1, 3)))
         assert net.nfe == nfe == policy.nfe and chunk.shape == (4, 2)
+        # the tabulated denoiser acts exactly as core's Denoiser (with x0 clipping) does
+        ref = load_policy(tmp_path / "diffusion-policy", sampler=sampler, seed=3)
+        fast = load_policy(tmp_path / "diffusion-policy", sampler=sampler, seed=3)
+        ref.reference = True
+        obs = np.random.default_rng(0).normal(size=(1, 3))
+        np.testing.assert_allclose(fast.predict_chunk(obs), ref.predict_chunk(obs), atol=1e-5)
     with pytest.raises(ValueError, match="no sampler 'ddim'"):
         load_policy(tmp_path / "dm1", sampler="ddim")
 

@@ -374,6 +374,29 @@ class _ClipX0:
         return x0, convert(x0, "x0", "eps", x, t, self.path)
 
 
+class _GridDenoiser:
+    """The eps network of a Denoiser on the fixed times of a sampler, with each time's network
+    time, alpha and sigma computed once (so that acting times the network and the sampler, not
+    path bookkeeping): x0 = (x - sigma eps) / alpha, clipped to [-1, 1] with eps re-derived
+    when `clip`. Gives the same x0 and eps as `_ClipX0(denoiser)` / `denoiser.x0_eps` (tested)."""
+
+    def __init__(self, denoiser, times: Tensor, clip: bool):
+        self.path, self.net, self.clip = denoiser.path, denoiser.model, clip
+        alpha, sigma = denoiser.path.alpha_sigma(times)
+        net_t = denoiser.network_time(times).to(torch.float32)
+        self.table = {t: (net_t[i:i + 1], float(alpha[i]), float(sigma[i]))
+                      for i, t in enumerate(times.tolist())}
+
+    def x0_eps(self, x, t, cond=None):
+        net_t, a, s = self.table[float(t)]
+        eps = self.net(x, net_t.expand(x.shape[0]), cond)
+        x0 = (x - s * eps) / a
+        if self.clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - a * x0) / s
+        return x0, eps
+
+
 class ChunkPolicy:
     """A trained policy acting in an environment: `reset()`, then `act(obs) -> action` per step
     (an observation history of n_obs_steps, a queue of n_action_steps actions from each generated
@@ -389,6 +412,9 @@ class ChunkPolicy:
             raise ValueError(f"{algo} has no sampler {sampler!r}; choose from "
                              f"{', '.join(SAMPLERS[algo])} (or '' for the default)")
         self.sampler = sampler
+        self.reference = False
+        """Sample through core's Denoiser (path coefficients per call) instead of the tables."""
+        self._grid = None
         self.generator = torch.Generator().manual_seed(seed)
         self.latencies: list[float] = []
         self.reset()
@@ -416,12 +442,17 @@ class ChunkPolicy:
             return out.clamp(-1.0, 1.0)
         from onestep.core.solvers.classic import sample_ddim
 
-        den = _ClipX0(self.model) if self.cfg.clip_sample else self.model
-        n = self.cfg.num_train_steps if self.sampler == "ddpm" else self.cfg.ddim_steps
         # times on the DDPM grid t_k = (k + 1) / N from t = 1 (step N - 1) down to the data;
         # eta = 1 on all N steps is ancestral DDPM sampling (DDIM Eq. 16), eta = 0 is DDIM
+        n = self.cfg.num_train_steps if self.sampler == "ddpm" else self.cfg.ddim_steps
         times = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
         eta = 1.0 if self.sampler == "ddpm" else 0.0
+        if self.reference:
+            den = _ClipX0(self.model) if self.cfg.clip_sample else self.model
+        else:
+            if self._grid is None:
+                self._grid = _GridDenoiser(self.model, times, self.cfg.clip_sample)
+            den = self._grid
         return sample_ddim(den, noise, times, cond=cond, generator=self.generator, eta=eta)
 
     def predict_chunk(self, obs_history: np.ndarray) -> np.ndarray:
