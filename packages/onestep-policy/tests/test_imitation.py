@@ -17,6 +17,7 @@ from onestep.policy.imitation import (
     chunk_windows,
     evaluate,
     load_policy,
+    resolve_config,
     train,
     wilson_interval,
 )
@@ -157,6 +158,15 @@ def test_unet1d_network_trains_resumes_and_disperses_its_middle(tmp_path, toy_fi
     with pytest.raises(ValueError, match="horizon divisible"):
         train("diffusion-policy", str(toy_file), str(tmp_path / "v"),
               overrides={"network": "unet1d", "horizon": "6", "n_action_steps": "2"})
+
+
+def test_overrides_as_text_or_values():
+    a = resolve_config("dm1", "horizon=8 n_action_steps=4 unet_dims=32,64")
+    b = resolve_config("dm1", {"horizon": 8, "n_action_steps": "4", "unet_dims": (32, 64)})
+    assert a == b and a.horizon == 8 and a.unet_dims == (32, 64)
+    assert resolve_config("diffusion-policy").num_train_steps == 100
+    with pytest.raises(ValueError, match="not a valid int"):
+        resolve_config("dm1", "horizon=eight")
 
 
 def test_wilson_interval():

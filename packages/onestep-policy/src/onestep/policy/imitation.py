@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["ALGOS", "DM1Config", "DiffusionPolicyConfig", "ChunkPolicy", "train", "evaluate",
-           "load_policy", "chunk_windows", "wilson_interval"]
+           "load_policy", "resolve_config", "chunk_windows", "wilson_interval"]
 
 ALGOS = ("dm1", "diffusion-policy")
 SAMPLERS = {"dm1": ("meanflow",), "diffusion-policy": ("ddpm", "ddim")}
@@ -150,13 +150,27 @@ class DiffusionPolicyConfig(_ChunkConfig):
 CONFIGS = {"dm1": DM1Config, "diffusion-policy": DiffusionPolicyConfig}
 
 
-def _resolve_config(algo: str, overrides: dict | None, steps: int, batch_size: int):
+def resolve_config(algo: str, overrides: dict | str | None = None):
+    """The config of `algo` with `overrides` (field -> value, values as strings or of the
+    field's type, or "k=v k2=v2" text) applied and checked."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown imitation algorithm {algo!r}; choose from {', '.join(ALGOS)}")
+    return _resolve_config(algo, overrides, 0, 0)
+
+
+def _resolve_config(algo: str, overrides, steps: int, batch_size: int):
     from onestep.core.runner import parse_overrides
 
     cls = CONFIGS[algo]
-    kw = {}
-    for key, value in (overrides or {}).items():
-        kw.update(parse_overrides(f"{key}={value}", cls))
+    if isinstance(overrides, str):
+        kw = parse_overrides(overrides, cls)
+    else:
+        kw = {}
+        for key, value in (overrides or {}).items():
+            if isinstance(value, str):
+                kw.update(parse_overrides(f"{key}={value}", cls))
+            else:
+                kw.update(parse_overrides(f"{key}={_text(value)}", cls))
     if steps:
         kw["steps"] = steps
     if batch_size:
@@ -164,6 +178,12 @@ def _resolve_config(algo: str, overrides: dict | None, steps: int, batch_size: i
     cfg = cls(**kw)
     _validate(algo, cfg)
     return cfg
+
+
+def _text(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _validate(algo: str, c) -> None:
@@ -613,6 +633,7 @@ def train(algo: str, dataset: str, out: str, *, env: str = "", steps: int = 0,
     return {"algo": algo, "out": str(out), "env": task_env, "steps": cfg.steps,
             "episodes": data.num_episodes, "windows": len(obs_w),
             "train_seconds": info["train_seconds"], "final_loss": last.get("loss"),
+            "final_logs": last,
             "nfe": 1 * cfg.sample_steps if algo == "dm1" else
             (cfg.num_train_steps if cfg.sampler == "ddpm" else cfg.ddim_steps),
             "params": sum(p.numel() for p in model.parameters())}
