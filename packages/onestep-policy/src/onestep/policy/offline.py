@@ -10,8 +10,9 @@ in one framework, so that a reader sees what the Q term and the one-step policy 
           policy and of inference: one network evaluation, no backpropagation through a chain.
     dql   Wang et al. 2023 ("Diffusion Policies as an Expressive Policy Class for Offline RL"):
           a 5-step DDPM policy (their VP beta schedule, eps-prediction, x0 clipped to the action
-          range), loss = BC (Eq. 2) + eta * Q loss normalised by the batch's |Q| (Eq. 3-4, and
-          the official code's q1/q2 coin flip), backpropagated through the 5 sampling steps.
+          range), loss = L_d (the eps-prediction BC loss) - alpha E[Q(s, a)], alpha = eta /
+          E|Q| (their Sec. 3; the official code normalises by the other critic's mean |Q| on the
+          batch and flips a coin between q1 and q2), backpropagated through the 5 steps.
     fbc   a flow-matching policy (Lipman et al. 2023; conditional velocity eps - a) sampled with
           `nfe` Euler steps; no critic (the behaviour policy FQL distils, Park et al. 2025).
     bc    an MLP s -> a regressed on the data's actions (MSE); no critic.
@@ -20,7 +21,9 @@ ofql and dql share everything else, as in the two papers: twin critics (3 x 256 
 trained on r + gamma * min_i Q'_i(s', a'), a' from the EMA (target) policy, a Polyak-averaged
 target critic, Adam at 3e-4 with the learning rate cosine-decayed over the run, gradient-norm
 clipping. Actions are scaled to [-1, 1] from the environment's bounds; observations are used as
-they are (DQL does not normalise them on MuJoCo).
+they are (DQL does not normalise them on MuJoCo). The OFQL paper's own values for the settings it
+does not share with DQL or MeanFlow (its time sampling, loss weighting, training length) were not
+at hand when this was written: OFQLConfig uses MeanFlow's and DQL's and names them as such.
 
 `train(algo, dataset, out, ...)` writes a run folder (run.json, log.jsonl, checkpoints/ written
 atomically by core's Trainer with exact resume, and the final weights policy.safetensors);
@@ -59,15 +62,15 @@ class BCConfig:
     steps: int = 1_000_000
     """Gradient steps (D4RL's usual 1M)."""
     batch_size: int = 256
-    """Batch size (DQL, App. C: 256)."""
+    """Batch size (DQL's code: 256)."""
     lr: float = 3e-4
-    """Adam learning rate (DQL, App. C: 3e-4)."""
+    """Adam learning rate (DQL's code on MuJoCo: 3e-4)."""
     lr_decay: bool = True
     """Cosine-decay the learning rate to 0 over `steps` (DQL's code: lr_decay=True)."""
     hidden: int = 256
-    """Width of the hidden layers (DQL, App. C: 256)."""
+    """Width of the hidden layers (DQL's networks: 256)."""
     depth: int = 3
-    """Hidden layers (DQL, App. C: 3, Mish)."""
+    """Hidden layers (DQL's networks: 3, Mish)."""
     grad_norm: float = 0.0
     """Gradient-norm clipping of every network (0: none)."""
     ckpt_every: int = 10_000
@@ -93,10 +96,10 @@ class FBCConfig(BCConfig):
 @dataclass(frozen=True)
 class _QConfig(BCConfig):
     eta: float = 1.0
-    """Weight of the normalised Q loss (DQL, Table 5: 1.0 on every MuJoCo locomotion
-    dataset)."""
+    """Weight of the normalised Q loss (DQL's per-dataset settings: 1.0 on every MuJoCo
+    locomotion dataset)."""
     gamma: float = 0.99
-    """Discount (DQL, App. C)."""
+    """Discount (DQL: 0.99)."""
     tau: float = 0.005
     """Polyak rate of the target critic, every step (DQL's code)."""
     ema_decay: float = 0.995
@@ -106,8 +109,8 @@ class _QConfig(BCConfig):
     ema_start: int = 1000
     """The EMA stays at the initial policy before this step (DQL's code: step_start_ema)."""
     grad_norm: float = 9.0
-    """Gradient-norm clipping of the policy and the critics (DQL, Table 5: 9.0 on
-    halfcheetah-medium; 1.0-9.0 on the other MuJoCo datasets)."""
+    """Gradient-norm clipping of the policy and the critics (DQL's per-dataset settings: 9.0
+    on halfcheetah-medium; 1.0-9.0 on the other MuJoCo datasets)."""
     steps: int = 2_000_000
     """Gradient steps (DQL's code: 2000 epochs of 1000 steps on MuJoCo)."""
     candidates: int = 1
@@ -359,7 +362,8 @@ class DiffusionPolicy(_FixedGrid):
                                 math.sqrt(max(sigma[i + 1] ** 2 - s * s, 0.0)), s))
 
     def loss(self, obs, act, generator=None):
-        # DQL Eq. 2: i ~ U{1..N}, a_i = sqrt(abar_i) a + sqrt(1 - abar_i) eps, ||eps - eps_theta||^2
+        # DQL's L_d (DDPM's simple loss): i ~ U{1..N}, a_i = sqrt(abar_i) a + sqrt(1 - abar_i)
+        # eps, ||eps - eps_theta(a_i, i | s)||^2
         n = self.nfe
         idx = torch.randint(n, (len(act),), generator=generator, device=act.device)
         t = (idx.double() + 1) / n  # the grid time of step idx
@@ -493,7 +497,8 @@ class BCTask(_Timed):
 
 class QTask(_Timed):
     """ofql and dql: twin critics with a Polyak target, the policy with an EMA target policy,
-    and the policy loss BC + eta * Q loss (DQL Eq. 3-4; OFQL keeps it with the MeanFlow BC)."""
+    and the policy loss BC + eta * normalised Q loss (DQL Sec. 3; OFQL keeps it with the MeanFlow
+    loss as the BC term)."""
 
     def __init__(self, algo: str, policy: nn.Module, obs_dim: int, act_dim: int, c: _QConfig):
         import copy
@@ -539,7 +544,7 @@ class QTask(_Timed):
         self.critic_sched.step()
 
         # 2. policy: BC + eta * Q loss, Q normalised by the other critic's mean |Q| on the
-        #    policy's actions (DQL Eq. 3-4 and its code's coin flip between q1 and q2)
+        #    policy's actions (DQL Sec. 3, alpha = eta / E|Q|, and its code's coin flip)
         bc_loss, logs = self.policy.loss(obs, act, generator)
         new_act = self.policy.act(obs, generator)  # ofql: one step; dql: N steps, with grad
         self.critic.requires_grad_(False)

@@ -88,7 +88,7 @@ _ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU, "silu": nn.SiLU}
 
 class ConcatMLP(nn.Module):
     """Plain MLP on the concatenation [x, time embedding, cond]: the conditional noise / velocity
-    network of Diffusion-QL (Wang et al. 2023, App. C and its code: 3 hidden layers of 256 with
+    network of Diffusion-QL (Wang et al. 2023, as in its code: 3 hidden layers of 256 with
     Mish) and of the flow policies built on it (OFQL). x (B, dim), t (B,) or a scalar, cond
     (B, cond_dim) -> (B, out_dim).
 
