@@ -17,7 +17,7 @@ dm1 (Zou et al. 2025, "DM1: MeanFlow with Dispersive Regularization for 1-Step R
 Manipulation"): the MeanFlow objective (Geng et al. 2025, Eq. 9-10; core's `meanflow_target`) on
 the rectified-flow path z_t = (1 - t) a + t eps, plus lambda times the dispersive loss (Wang & He
 2025, Table 1; core's `dispersive_loss` and its variants) on the network's intermediate
-embeddings, L = L_MF + lambda L_disp (DM1 Sec. 3). One action chunk is one network evaluation,
+embeddings, L = L_MF + lambda L_disp. One action chunk is one network evaluation,
 a = z_1 - u(z_1, 0, 1).
 
 diffusion-policy (Chi et al. 2023): epsilon prediction on DDPM's discrete cosine schedule with
@@ -116,7 +116,8 @@ class DM1Config(_ChunkConfig):
     dispersive_weight: float = 0.5
     """lambda in L = L_MF + lambda L_disp (DM1's code: 0.5); 0 gives a plain MeanFlow policy."""
     dispersive_variant: str = "infonce_l2"
-    """infonce_l2, infonce_cosine, hinge or covariance (Wang & He 2025, Table 1; DM1 Table 3)."""
+    """infonce_l2, infonce_cosine, hinge or covariance (Wang & He 2025, Table 1; DM1 compares
+    the four)."""
     dispersive_tau: float = 0.5
     """InfoNCE temperature (DM1's code: 0.5)."""
     dispersive_margin: float = 1.0
@@ -315,8 +316,9 @@ def build_model(algo: str, cfg, obs_dim: int, action_dim: int) -> nn.Module:
 
 
 class DM1Loss:
-    """L = L_MF + lambda L_disp (DM1 Sec. 3): the MeanFlow regression of u(z_t, r, t | obs) onto
-    sg(v - (t - r) du/dt), v = eps - a (Geng et al. 2025, Eq. 9-10, Alg. 1), with the per-sample
+    """L = L_MF + lambda L_disp (DM1, as its released code adds them): the MeanFlow regression
+    of u(z_t, r, t | obs) onto sg(v - (t - r) du/dt), v = eps - a (Geng et al. 2025, Eq. 9-10,
+    Alg. 1), with the per-sample
     mean squared error weighted by sg(1 / (mse + c)^p) (Sec. 4.3; p = 0: plain MSE), plus the
     dispersive loss (Wang & He 2025, Table 1) of the intermediate embeddings that the same
     forward pass computes (DM1's code runs a second forward for them; this one reuses the
@@ -327,12 +329,10 @@ class DM1Loss:
         self._regs: dict[int, object] = {}
 
     def _reg(self, model):
-        from onestep.core.distill.dispersive import DispersiveRegularizer
+        from onestep.core.distill.dispersive import DispersiveRegularizer, default_layers
 
         if id(model) not in self._regs:
             c = self.cfg
-            from onestep.core.distill.dispersive import default_layers
-
             names = [n.strip() for n in c.dispersive_layers.split(",") if n.strip()]
             mid = default_layers(model.net.net)  # the MLP's middle block, UNet1D's mid2
             layers = [f"net.{m}" for n in names for m in (mid if n == "mid" else [n])]
