@@ -2,16 +2,34 @@
 k-diffusion samplers that apply, and searched / learned schedules (onestep.core.search), on small
 teachers, all from the same noise.
 
-    uv run python benchmarks/solvers/run.py            # the full run (about 20-30 min, 2 cores)
-    uv run python benchmarks/solvers/run.py --quick    # a smoke run (a few minutes)
+    uv run python benchmarks/solvers/run.py            # the full run (~1.5 CPU-hours per seed)
+    uv run python benchmarks/solvers/run.py --quick    # a smoke run (solvers_quick.*)
+    uv run python benchmarks/solvers/run.py --resume   # continue a killed run
+    uv run python benchmarks/solvers/run.py --seeds 3 --resume   # one more seed, keeping 0-2
+    uv run python benchmarks/solvers/run.py --report   # rewrite solvers.md / .png from the json
 
 Teachers (cached in benchmarks/results/teachers/, retrained when missing or stale): a discrete VP
 eps model (VP.ddpm_linear(1000), time_input="index") and a rectified-flow velocity model, on the
 2-D checkerboard and on the 8-D Gaussian mixture gmm_8d (standardised). For each NFE it reports
 the RMS endpoint error against the adaptive RK45 reference on held-out noise and the sliced W2 to
 held-out data; then the per-step overhead of onestep's dpm++2m against diffusers'
-DPMSolverMultistepScheduler with a trivial network, and whether the two agree. Writes
-benchmarks/results/solvers.{md,json,png}.
+DPMSolverMultistepScheduler with a trivial network, and whether the two agree.
+
+Seeds: the searched (evolutionary, autodiffusion, gradient, s3) and learned (lsd, lsd+, endpoint,
+endpoint+) rows at NFE <= 6 are run once per seed of --seeds (default 0, 1, 2): the seed draws
+their calibration noise and is the search's own seed. The teachers are trained once, and the
+held-out noise, the data and every other row (fixed solvers on fixed schedules, diffusers,
+k-diffusion: deterministic, run once) use the fixed --seed, so a row's spread is the calibration
+/ search seed's. Each searched / learned row reports the median over its seeds with [min, max];
+the target (issue 11: at NFE 4 and 5 the best of lsd, lsd+, endpoint, endpoint+ and s3 at most
+0.5x the best anchor's error on every teacher) is judged on the median.
+
+Writes benchmarks/results/solvers.{md,json,png} (a --quick run solvers_quick.*, not committed).
+The json holds the per-seed rows ("rows"), the seeded rows' medians ("medians"), the summary and
+targets, and the finished units ("done": each teacher's anchors, each (teacher, seed, NFE)'s
+searches, the overhead); it is written after every unit, and --resume reuses the units of a json
+with the same settings, including those of seeds outside --seeds. Rows without a "seed" (the
+single-seed results written before the seeds existed) count as --seed's under --report.
 """
 
 from __future__ import annotations
@@ -49,6 +67,7 @@ from onestep.core.toy_metrics import (
 
 ROOT = FilePath(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
+REPO = ROOT.parent
 N_TRAIN = 1000  # discrete VP steps
 ONESTEP_SCHEDULES = ("logsnr", "karras", "uniform", "quadratic")
 SEARCH_NFE_MAX = 6
@@ -86,8 +105,18 @@ class Args:
     threads: int = 1
     """torch threads (1 is fastest on a shared 2-core machine)."""
     seed: int = 0
+    """Fixed seed of the teachers, the held-out noise and data and the stochastic samplers."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """The seeds of the searched / learned rows (their calibration noise and the search's own
+    seed): each such row is the median over them, with the range."""
+    resume: bool = False
+    """Reuse the finished units (a teacher's anchors; a teacher, seed and NFE's searches) of the
+    json when its settings match, so that a killed run continues."""
+    report: bool = False
+    """Only rewrite the .md and .png from the json."""
     out: str = str(RESULTS)
-    """Folder for solvers.md, solvers.json, solvers.png and the cached teachers."""
+    """Folder for solvers.md, solvers.json, solvers.png (solvers_quick.* for --quick, so that a
+    smoke run never overwrites the results) and the cached teachers."""
     progress: bool = True
 
     def resolved(self) -> Args:
@@ -157,13 +186,14 @@ def train_teacher(kind: str, data_name: str, args: Args) -> tuple[Denoiser, floa
 
 
 def get_teacher(kind: str, data_name: str, args: Args) -> tuple[Denoiser, str]:
-    folder = FilePath(args.out) / "teachers" / f"{kind}-{data_name}"
+    suffix = "-quick" if args.quick else ""  # a smoke run keeps the full run's teachers
+    folder = FilePath(args.out) / "teachers" / f"{kind}-{data_name}{suffix}"
     want = {"data": data_name, "steps": args.train_steps, "hidden": args.hidden, "seed": args.seed}
     if not args.retrain and (folder / "model.json").exists():
         try:
             den, info = load_model(folder)
             if info.get("extra", {}).get("config") == want:
-                return den.requires_grad_(False), f"loaded from {folder}"
+                return den.requires_grad_(False), f"loaded from {repo_relative(folder)}"
         except CheckpointError as e:  # e.g. the network code changed since it was saved
             print(f"  cached teacher unusable ({e}); retraining")
     den, secs = train_teacher(kind, data_name, args)
@@ -542,18 +572,52 @@ def kdiffusion_rows(ctx, args):
 
 
 # -- searched and learned -----------------------------------------------------------------------
-def searched_rows(ctx, args):
-    den, calib, ref_c = ctx["den"], ctx["calib"], ctx["ref_calib"]
-    nfes = [n for n in args.nfe if n <= SEARCH_NFE_MAX]
+# the searches and learners of one (teacher, seed, NFE) unit, in the order they run; the + rows
+# of each learner start from the best searched schedule on the calibration noise
+SEARCHES = ("evolutionary", "autodiffusion", "gradient", "s3")
+LEARNED = tuple(m + sfx for m in search.LEARNERS for sfx in ("", "+"))
+# the samplers issue 11 puts side by side (LSD in the paper's form, the endpoint learner, each
+# with its times-learning + variant, and S^3 with its predictor): the best of them (median over
+# the seeds) is held to TARGET_RATIO times the best anchor's error at TARGET_NFE
+TARGET_SAMPLERS = ("lsd", "lsd+", "endpoint", "endpoint+", "s3")
+TARGET_NFE = (4, 5)
+TARGET_RATIO = 0.5
+
+
+def noise_draw(dim: int, seed: int, args: Args) -> torch.Tensor:
+    """n_eval + n_calib standard normal rows: the first n_eval of draw 0 are the held-out noise
+    every row starts from; rows n_eval: of draw s are the calibration noise of seed s (so seed
+    0's is the single-seed run's, and every seed's is disjoint from the held-out noise)."""
+    g = torch.Generator().manual_seed(args.seed + 100 + seed)
+    return torch.randn(args.n_eval + args.n_calib, dim, generator=g)
+
+
+def calibration(ctx: dict, seed: int, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibration noise of `seed` and its RK45 endpoints (computed once per run)."""
+    cache = ctx.setdefault("calib", {})
+    if seed not in cache:
+        noise = noise_draw(ctx["den"].model.dim, seed, args)
+        with torch.no_grad():
+            ref = sample(ctx["den"], noise, nfe=None, solver="rk45")
+        cache[seed] = (noise[args.n_eval :], ref[args.n_eval :])
+    return cache[seed]
+
+
+def searched_rows(ctx, args, seed: int, nfe: int):
+    """The searched (SEARCHES) and learned (LEARNED) rows of one teacher at one NFE for one seed:
+    the calibration noise is seed's, and so is the searches' own seed; the rows are scored on the
+    fixed held-out noise. Returns (rows, {sampler: schedule dict})."""
+    den = ctx["den"]
+    calib, ref_c = calibration(ctx, seed, args)
     out, schedules = [], {}
-    trajectories = {}
+    trajectories = ctx.setdefault("trajectories", {})
 
-    def trajectory(t0):
-        if t0 not in trajectories:
-            trajectories[t0] = search.teacher_trajectory(den, calib, t0=t0)
-        return trajectories[t0]
+    def trajectory(t0):  # the teacher's RK45 trajectory of the calibration noise from t0
+        if (seed, t0) not in trajectories:
+            trajectories[seed, t0] = search.teacher_trajectory(den, calib, t0=t0)
+        return trajectories[seed, t0]
 
-    def add(method, nfe, sched, secs):
+    def add(method, sched, secs):
         cden = counted(den)
         with torch.no_grad():
             x = sample(cden, ctx["noise"], nfe=nfe, schedule=sched)
@@ -573,51 +637,40 @@ def searched_rows(ctx, args):
                 else ""
             ),
         )
-        out.append(r)
-        schedules[f"{method}/nfe{nfe}"] = sched.to_dict()
+        out.append({**r, "seed": seed})
+        schedules[method] = sched.to_dict()
 
-    b = bar(len(nfes) * (3 + 2 * len(search.LEARNERS)), "search", args.progress)
-    for nfe in nfes:
-        common = dict(nfe=nfe, noise=calib, reference=ref_c, seed=args.seed, progress=False)
+    common = dict(nfe=nfe, noise=calib, reference=ref_c, seed=seed, progress=False)
+    budget = {"gradient": args.gradient_steps}
+    found = []
+    for method in SEARCHES:
         t0 = time.perf_counter()
-        evo = search.search_schedule(den, **common, iterations=args.generations)
-        add("evolutionary", nfe, evo, time.perf_counter() - t0)
-        b.update(1)
-        t0 = time.perf_counter()
-        auto = search.search_schedule(
-            den, **common, method="autodiffusion", iterations=args.generations
+        sched = search.search_schedule(
+            den, **common, method=method, iterations=budget.get(method, args.generations)
         )
-        add("autodiffusion", nfe, auto, time.perf_counter() - t0)
-        b.update(1)
-        t0 = time.perf_counter()
-        grad = search.search_schedule(
-            den, **common, method="gradient", iterations=args.gradient_steps
-        )
-        add("gradient", nfe, grad, time.perf_counter() - t0)
-        b.update(1)
-        # the learned samplers, side by side: LSD (Fu et al. 2025: one scale per step, every
-        # step's state matched) and the endpoint learner (every multiplier, endpoint error),
-        # from DPM-Solver++(2M) on the logsnr schedule; their + variants (times too) from the
-        # best of the three searched schedules on the calibration noise
-        default = uniform_logsnr(nfe, den.path)  # where sample()'s default starts
-        base = min((evo, auto, grad), key=lambda s: s.meta["calibration_error"])
-        for learner in search.LEARNERS:
-            for start in (None, base):
-                t0 = time.perf_counter()
-                sched = search.learn_sampler(
-                    den,
-                    nfe=nfe,
-                    noise=calib,
-                    method=learner,
-                    base=start,
-                    learn_times=start is not None,
-                    iterations=args.lsd_steps,
-                    trajectory=trajectory((default if start is None else start.times)[0].item()),
-                    progress=False,
-                )
-                add(sched.meta["method"], nfe, sched, time.perf_counter() - t0)
-                b.update(1)
-    b.close()
+        add(method, sched, time.perf_counter() - t0)
+        found.append(sched)
+    # the learned samplers, side by side: LSD (Fu et al. 2025: one scale per step, every step's
+    # state matched) and the endpoint learner (every multiplier, endpoint error), from
+    # DPM-Solver++(2M) on the logsnr schedule; their + variants (times too) from the best of the
+    # searched schedules on the calibration noise
+    default = uniform_logsnr(nfe, den.path)  # where sample()'s default starts
+    base = min(found, key=lambda s: s.meta["calibration_error"])
+    for learner in search.LEARNERS:
+        for start in (None, base):
+            t0 = time.perf_counter()
+            sched = search.learn_sampler(
+                den,
+                nfe=nfe,
+                noise=calib,
+                method=learner,
+                base=start,
+                learn_times=start is not None,
+                iterations=args.lsd_steps,
+                trajectory=trajectory((default if start is None else start.times)[0].item()),
+                progress=False,
+            )
+            add(sched.meta["method"], sched, time.perf_counter() - t0)
     return out, schedules
 
 
@@ -752,17 +805,90 @@ def dpmpp_2m_agreement(ctx, args) -> dict:
     }
 
 
+# -- seeds --------------------------------------------------------------------------------------
+# the families whose rows depend on the seed (the calibration noise and the search's own seed):
+# one row per seed, summarised by the median with [min, max]; the others are run once
+SEEDED = ("searched", "learned")
+# the measures a seeded row holds as the median over its seeds, with [min, max] and per seed
+MEASURES = ("error", "sw2", "in_squares", "loglik", "off_mode", "seconds", "nfe_counted")
+
+
+def with_seeds(rows: list[dict], seed: int) -> list[dict]:
+    """rows, each seeded row given a "seed": rows written before the seeds existed (the
+    committed single-seed solvers.json) were searched with the run's single `seed`."""
+    return [{**r, "seed": seed} if r["family"] in SEEDED and "seed" not in r else r for r in rows]
+
+
+def merge(rows: list[dict]) -> list[dict]:
+    """One row per sampler: the deterministic rows as they are, the per-seed rows of each
+    (teacher, family, sampler, NFE) merged into their median (median_row), in the order of their
+    first appearance."""
+    order, groups = [], {}
+    for r in rows:
+        if r["family"] not in SEEDED:
+            order.append(r)
+            continue
+        key = (r["teacher"], r["family"], r["sampler"], r["nfe"])
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    return [x if isinstance(x, dict) else median_row(groups[x]) for x in order]
+
+
+def median_row(group: list[dict]) -> dict:
+    """The median over the seeds of every measure, "range" ([min, max] of each), "per_seed"
+    (the values in seed order) and "seeds"."""
+    group = sorted(group, key=lambda r: r["seed"])
+    first = group[0]
+    out = {k: first[k] for k in ("teacher", "family", "sampler", "nfe")}
+    out["config"] = " / ".join(dict.fromkeys(r.get("config", "") for r in group))
+    out["seeds"] = [r["seed"] for r in group]
+    spans, per_seed = {}, {}
+    for k in MEASURES:
+        if not any(k in r for r in group):
+            continue
+        vals = [r[k] for r in group if r.get(k) is not None]
+        out[k] = statistics.median(vals) if vals else None
+        per_seed[k] = [r.get(k) for r in group]
+        if vals:
+            spans[k] = [min(vals), max(vals)]
+    out.update(range=spans, per_seed=per_seed, stochastic=False)
+    out["note"] = "; ".join(f"seed {r['seed']}: {r['note']}" for r in group if r.get("note"))
+    return out
+
+
+def fmt(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def spread(r: dict, k: str, spec: str = ".4f") -> str:
+    """r[k], followed by [min, max] over the seeds when the row has more than one."""
+    v = fmt(r.get(k), spec)
+    rg = r.get("range", {}).get(k)
+    if rg is None or len(r.get("seeds", ())) < 2:
+        return v
+    return f"{v} [{fmt(rg[0], spec)}, {fmt(rg[1], spec)}]"
+
+
+def seeds_text(seeds) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
 # -- reports ------------------------------------------------------------------------------------
 ANCHOR_FAMILIES = ("onestep", "diffusers", "k-diffusion")
 
 
-def best(rows, teacher, nfe, families, deterministic=True):
+def best(rows, teacher, nfe, families, deterministic=True, samplers=None):
+    """The row of least error (the median for seeded rows, so on merged rows) among `families`
+    (and `samplers` if given) of `teacher` at `nfe`."""
     cands = [
         r
         for r in rows
         if r["teacher"] == teacher
         and r["nfe"] == nfe
         and r["family"] in families
+        and (samplers is None or r["sampler"] in samplers)
         and r.get("error") is not None
         and math.isfinite(r["error"])
         and not (deterministic and r.get("stochastic"))
@@ -774,12 +900,27 @@ def label(r):
     return f"{r['family']}:{r['sampler']} {r['config']}".strip()
 
 
+def found_entry(r, anchor) -> dict:
+    """A seeded row in the summary / targets: its median error, [min, max] and seeds, and its
+    median's ratio to the anchor's error with the range of the per-seed ratios."""
+    e = {"sampler": label(r), "error": r["error"], "seeds": r.get("seeds")}
+    if len(r.get("seeds") or ()) > 1 and "error" in r.get("range", {}):
+        e["error_range"] = r["range"]["error"]
+    if anchor:
+        e["ratio"] = r["error"] / anchor["error"]
+        if "error_range" in e:
+            e["ratio_range"] = [v / anchor["error"] for v in e["error_range"]]
+    return e
+
+
 def summary(rows, teachers, args):
+    """Per teacher and NFE, on merged rows: the best anchor, the best searched / learned sampler
+    by its median error over the seeds, their ratio (median / anchor), and the default sampler."""
     out = {}
     for name in teachers:
         for nfe in args.nfe:
             anchor = best(rows, name, nfe, ANCHOR_FAMILIES)
-            found = best(rows, name, nfe, ("searched", "learned"))
+            found = best(rows, name, nfe, SEEDED)
             default = next(
                 (
                     r
@@ -793,37 +934,107 @@ def summary(rows, teachers, args):
                 ),
                 None,
             )
+            f = found and found_entry(found, anchor)
             out[f"{name}/nfe{nfe}"] = {
                 "best_anchor": anchor and {"sampler": label(anchor), "error": anchor["error"]},
-                "best_searched": found and {"sampler": label(found), "error": found["error"]},
+                "best_searched": f,
                 "default_dpmpp_2m_logsnr": default and default["error"],
-                "ratio": (found["error"] / anchor["error"]) if found and anchor else None,
+                "ratio": f.get("ratio") if f else None,
+                "ratio_range": f.get("ratio_range") if f else None,
             }
     return out
 
 
-def markdown(rows, summ, extra, teachers, args) -> str:
+def targets(rows, teachers, args) -> dict:
+    """Issue 11's solver target, on the medians over the seeds: at each NFE of TARGET_NFE, the
+    best of TARGET_SAMPLERS is at most TARGET_RATIO times the best anchor's error, on every
+    teacher. Each entry has the numbers behind it and every TARGET_SAMPLERS median."""
+    out = {}
+    for name in teachers:
+        for nfe in TARGET_NFE:
+            if nfe not in args.nfe or nfe > SEARCH_NFE_MAX:
+                continue
+            anchor = best(rows, name, nfe, ANCHOR_FAMILIES)
+            found = best(rows, name, nfe, SEEDED, samplers=TARGET_SAMPLERS)
+            f = found and found_entry(found, anchor)
+            each = {
+                r["sampler"]: r["error"]
+                for r in rows
+                if r["teacher"] == name
+                and r["nfe"] == nfe
+                and r["sampler"] in TARGET_SAMPLERS
+                and r["family"] in SEEDED
+            }
+            out[f"{name}/nfe{nfe}"] = {
+                "best_anchor": anchor and {"sampler": label(anchor), "error": anchor["error"]},
+                "best": f,
+                "each": each,
+                "met": bool(f and "ratio" in f and f["ratio"] <= TARGET_RATIO),
+            }
+    return out
+
+
+def markdown(res: dict, rows: list[dict]) -> str:
+    """The report of a result (main's json) from its merged rows."""
+    args, summ, tg, teachers = res["args"], res["summary"], res["targets"], res["teachers"]
+    all_seeds = sorted({s for r in rows for s in r.get("seeds", ())})
     lines = [
-        "# Few-step solver benchmark",
+        "# Few-step solver benchmark"
+        + (" (**--quick smoke run: numbers are meaningless**)" if args["quick"] else ""),
         "",
         "RMS endpoint error against the RK45 reference on held-out noise (lower is better), "
         "and sliced W2 to held-out data, per NFE. `benchmarks/solvers/run.py` writes this.",
         "",
+        f"Searched and learned rows: {seeds_text(all_seeds) if all_seeds else 'none yet'} (the "
+        "seed of the calibration noise and of the search); each such cell is the median over "
+        "its seeds followed by [min, max] over them when there are several, and the targets "
+        "are judged on the median. The teachers, the held-out noise, the data and the other "
+        f"samplers (run once) use the fixed seed {args['seed']}, so the spread is the "
+        f"calibration / search seed's. Total wall time {res['seconds'] / 60:.1f} min.",
+        "",
         "## Searched / learned vs the best anchor sampler",
         "",
-        "| teacher | NFE | best anchor | error | best searched/learned | error | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| teacher | NFE | best anchor | error | best searched/learned | seeds | error | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, s in summ.items():
         teacher, nfe = key.split("/nfe")
-        if s["best_searched"] is None or s["best_anchor"] is None:
+        a, f = s["best_anchor"], s["best_searched"]
+        if f is None or a is None:
             continue
         lines.append(
-            f"| {teacher} | {nfe} | {s['best_anchor']['sampler']} | "
-            f"{s['best_anchor']['error']:.4f} | {s['best_searched']['sampler']} | "
-            f"{s['best_searched']['error']:.4f} | {s['ratio']:.2f} |"
+            f"| {teacher} | {nfe} | {a['sampler']} | {a['error']:.4f} | {f['sampler']} | "
+            f"{len(f.get('seeds') or ()) or '-'} | {range_text(f, 'error', '.4f')} | "
+            f"{range_text(f, 'ratio', '.2f')} |"
         )
-    ov = extra["overhead"]
+    if tg:
+        lines += [
+            "",
+            f"## Target (on the medians over the seeds): at NFE "
+            f"{' and '.join(map(str, TARGET_NFE))} the best of {', '.join(TARGET_SAMPLERS)} "
+            f"at most {TARGET_RATIO}x the best anchor's error on every teacher",
+            "",
+            "| teacher | NFE | best anchor | error | "
+            + " | ".join(TARGET_SAMPLERS)
+            + " | best | ratio | |",
+            "|---|---|---|---|" + "---|" * len(TARGET_SAMPLERS) + "---|---|---|",
+        ]
+        for key, t in tg.items():
+            teacher, nfe = key.split("/nfe")
+            a, f = t["best_anchor"], t["best"]
+            cells = [fmt(t["each"].get(m)) for m in TARGET_SAMPLERS]
+            lines.append(
+                f"| {teacher} | {nfe} | {a['sampler'] if a else '-'} | "
+                f"{fmt(a and a['error'])} | " + " | ".join(cells) + f" | "
+                f"{f['sampler'] if f else '-'} | {range_text(f, 'ratio', '.2f') if f else '-'} | "
+                f"{'met' if t['met'] else '**not met**'} |"
+            )
+        lines += [
+            "",
+            f"Target {'met' if all(t['met'] for t in tg.values()) else '**not met**'} "
+            f"({sum(t['met'] for t in tg.values())} of {len(tg)} teacher / NFE pairs).",
+        ]
+    ov = res["overhead"]
     lines += ["", "## Overhead and agreement", ""]
     if "ratio" in ov:
         lines.append(
@@ -834,7 +1045,7 @@ def markdown(rows, summ, extra, teachers, args) -> str:
             f"(ratio {ov['closed_form_ratio']:.2f}); medians of {ov['repeats']} interleaved runs "
             "of 20 steps, ratios the median of back-to-back pairs"
         )
-    ag = extra["agreement"]
+    ag = res["agreement"]
     if "max_relative_difference" in ag:
         lines.append(
             f"- onestep dpm++2m vs diffusers DPMSolverMultistepScheduler on "
@@ -842,14 +1053,15 @@ def markdown(rows, summ, extra, teachers, args) -> str:
             f"difference {ag['max_relative_difference']:.2e} (with diffusers' own float32 "
             f"alphas_cumprod: {ag['max_relative_difference_float32_table']:.2e})"
         )
-    for note in extra.get("notes", []):
+    for note in res.get("notes", []):
         lines.append(f"- {note}")
     for name in teachers:
         lines += [
             "",
             f"## {name}",
             "",
-            "Best of each family (deterministic samplers), error / sliced W2:",
+            "Best of each family (deterministic samplers; searched / learned by their median "
+            "over the seeds, [min, max] of the error), error / sliced W2:",
             "",
             "| NFE | "
             + " | ".join(
@@ -858,62 +1070,75 @@ def markdown(rows, summ, extra, teachers, args) -> str:
             + " |",
             "|---" * 7 + "|",
         ]
-        for nfe in args.nfe:
+        for nfe in args["nfe"]:
             cells = []
             for fam in ("onestep", "diffusers", "k-diffusion", "searched", "learned"):
                 r = best(rows, name, nfe, (fam,))
                 cells.append(
-                    f"{r['error']:.4f} / {r['sw2']:.3f} ({r['sampler']} {r['config']})"
+                    f"{spread(r, 'error')} / {fmt(r['sw2'], '.3f')} ({r['sampler']} {r['config']})"
                     if r
                     else "-"
                 )
             d = summ[f"{name}/nfe{nfe}"]["default_dpmpp_2m_logsnr"]
-            cells.append(f"{d:.4f}" if d is not None else "-")
+            cells.append(fmt(d))
             lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
-        learned = [r for r in rows if r["teacher"] == name and r["family"] == "learned"]
-        names = list(dict.fromkeys(r["sampler"] for r in learned))
+        side = [r for r in rows if r["teacher"] == name and r["sampler"] in TARGET_SAMPLERS]
+        names = [m for m in TARGET_SAMPLERS if any(r["sampler"] == m for r in side)]
         if names:
             lines += [
                 "",
-                "Learned samplers side by side (error / sliced W2): `lsd`, `lsd+` are LSD as Fu "
-                "et al. 2025 define it (one scale per step, every step's state matched to the "
-                "teacher with equal weight, Adam); `endpoint`, `endpoint+` every Taylor "
-                "multiplier on the endpoint error (L-BFGS); + learns the times, from the best "
-                "searched schedule. Each picks its iterate on held-out calibration noise.",
+                "Learned samplers and S^3 side by side (median error [min, max] over the seeds / "
+                "median sliced W2): `lsd`, `lsd+` are LSD as Fu et al. 2025 define it (one "
+                "scale per step, every step's state matched to the teacher with equal weight, "
+                "Adam); `endpoint`, `endpoint+` every Taylor multiplier on the endpoint error "
+                "(L-BFGS); + learns the times, from the best searched schedule (each picks its "
+                "iterate on held-out calibration noise); `s3` is USF's S^3, the evolutionary "
+                "search with a learned performance predictor choosing what to evaluate.",
                 "",
                 "| NFE | " + " | ".join(names) + " |",
                 "|---" * (len(names) + 1) + "|",
             ]
-            for nfe in sorted({r["nfe"] for r in learned}):
-                by = {r["sampler"]: r for r in learned if r["nfe"] == nfe}
+            for nfe in sorted({r["nfe"] for r in side}):
+                by = {r["sampler"]: r for r in side if r["nfe"] == nfe}
                 cells = [
-                    f"{by[m]['error']:.4f} / {by[m]['sw2']:.3f}" if m in by else "-" for m in names
+                    f"{spread(by[m], 'error')} / {fmt(by[m]['sw2'], '.3f')}" if m in by else "-"
+                    for m in names
                 ]
                 lines.append(f"| {nfe} | " + " | ".join(cells) + " |")
         lines += [
             "",
             "<details><summary>every row</summary>",
             "",
-            "| family | sampler | config | NFE | error | sliced W2 | in squares / log-lik |",
-            "|---|---|---|---|---|---|---|",
+            "| family | sampler | config | NFE | seeds | error | sliced W2 "
+            "| in squares / log-lik |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             if r["teacher"] != name:
                 continue
-            e = "n/a" if r.get("error") is None else f"{r['error']:.4f}"
-            w = "n/a" if r.get("sw2") is None else f"{r['sw2']:.4f}"
-            x = r.get("in_squares", r.get("loglik"))
-            x = "-" if x is None else f"{x:.3f}"
+            e = "n/a" if r.get("error") is None else spread(r, "error")
+            w = "n/a" if r.get("sw2") is None else fmt(r["sw2"])
+            k = "in_squares" if "in_squares" in r else "loglik"
+            x = spread(r, k, ".3f") if r.get(k) is not None else "-"
             st = " (stochastic)" if r.get("stochastic") else ""
             lines.append(
-                f"| {r['family']} | {r['sampler']}{st} | {r['config']} | {r['nfe']} | {e} | {w} "
-                f"| {x} |"
+                f"| {r['family']} | {r['sampler']}{st} | {r['config']} | {r['nfe']} | "
+                f"{len(r['seeds']) if 'seeds' in r else '-'} | {e} | {w} | {x} |"
             )
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, teachers, args, file):
+def range_text(e: dict, k: str, spec: str) -> str:
+    """A summary entry's e[k] (a median) with its e[k + '_range'] when the range is not a point."""
+    rg = e.get(f"{k}_range")
+    span = f" [{fmt(rg[0], spec)}, {fmt(rg[1], spec)}]" if rg and rg[0] != rg[1] else ""
+    return f"{fmt(e.get(k), spec)}{span}"
+
+
+def plot(rows, teachers, nfes, file):
+    """Error against NFE per teacher: the best of each family (searched / learned by their
+    median, with [min, max] over the seeds as error bars) and the default sampler."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -925,14 +1150,24 @@ def plot(rows, teachers, args, file):
             "best onestep": ("onestep",),
             "best diffusers": ("diffusers",),
             "best k-diffusion": ("k-diffusion",),
-            "searched (best)": ("searched",),
-            "learned (best)": ("learned",),
+            "searched (best median)": ("searched",),
+            "learned (best median)": ("learned",),
         }
         for lab, fams in series.items():
-            pts = [(n, best(rows, name, n, fams)) for n in args.nfe]
-            pts = [(n, r["error"]) for n, r in pts if r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=lab)
+            pts = [(n, best(rows, name, n, fams)) for n in nfes]
+            pts = [(n, r) for n, r in pts if r]
+            if not pts:
+                continue
+            xs, ys = [n for n, _ in pts], [r["error"] for _, r in pts]
+            spans = [r.get("range", {}).get("error", [r["error"]] * 2) for _, r in pts]
+            if any(s[0] != s[1] for s in spans):
+                err = [
+                    [y - s[0] for y, s in zip(ys, spans, strict=True)],
+                    [s[1] - y for y, s in zip(ys, spans, strict=True)],
+                ]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=lab)
+            else:
+                ax.plot(xs, ys, marker="o", label=lab)
         pts = [
             (r["nfe"], r["error"])
             for r in rows
@@ -956,85 +1191,253 @@ def plot(rows, teachers, args, file):
 
 
 # -- main ---------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def parse(argv) -> Args:
     args = parse_dataclass(Args, argv, __doc__).resolved()
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds needs one or more distinct seeds, not {list(args.seeds)}")
+    return args
+
+
+def setting_key(args: Args) -> dict:
+    """What a reused unit must share with this run (the seeds and the targets are not part of
+    it: each (teacher, seed, NFE) and each teacher's anchors are reused or run on their own)."""
+    keys = (
+        "quick",
+        "nfe",
+        "n_eval",
+        "n_calib",
+        "train_steps",
+        "hidden",
+        "generations",
+        "gradient_steps",
+        "lsd_steps",
+        "seed",
+    )
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(args, k)) for k in keys)
+    }
+
+
+def repo_relative(path) -> str:
+    """`path` relative to the repository root (results never hold a machine path); a folder
+    outside the repository by its name alone."""
+    p = FilePath(path).resolve()
+    try:
+        return p.relative_to(REPO.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def finish(res: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """res with its summary and targets computed from the per-seed `rows`; and the merged rows."""
+    saved = Args(
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in res["args"].items()
+            if k in {f.name for f in dataclasses.fields(Args)}
+        }
+    )
+    merged = merge(rows)
+    res = {
+        **res,
+        "summary": summary(merged, res["teachers"], saved),
+        "targets": targets(merged, res["teachers"], saved),
+    }
+    return res, merged
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     torch.set_num_threads(args.threads)
     out = FilePath(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = "solvers_quick" if args.quick else "solvers"
+    json_file = out / f"{stem}.json"
+    if args.report:
+        return report(json_file)
+    old = {}
+    if args.resume and json_file.exists():
+        old = json.loads(json_file.read_text())
+        if old.get("setting") != setting_key(args) or args.retrain:
+            print(
+                f"  --resume: {json_file.name} was written with other settings (or --retrain);"
+                " starting afresh"
+            )
+            old = {}
+    done_old = set(old.get("done", []))
+    old_rows, old_schedules = old.get("rows", []), old.get("schedules", {})
     start = time.perf_counter()
-    rows, schedules, teachers, notes = [], {}, [], []
-    agreement = {}
-    for data_name in args.data:
-        for kind in ("vp", "flow"):
-            name = f"{kind}-{data_name}"
-            teachers.append(name)
-            print(f"[{time.perf_counter() - start:6.0f} s] {name}", flush=True)
-            den, how = get_teacher(kind, data_name, args)
-            print(f"  teacher {how}")
-            dim = den.model.dim
-            g = torch.Generator().manual_seed(args.seed + 100)
-            noise = torch.randn(args.n_eval + args.n_calib, dim, generator=g)
-            t0 = time.perf_counter()
-            stats = {}
-            with torch.no_grad():
-                ref = sample(den, noise, nfe=None, solver="rk45", stats=stats)
-            print(f"  rk45 reference: {stats['nfe']} NFE, {time.perf_counter() - t0:.0f} s")
-            ctx = {
-                "name": name,
-                "kind": kind,
-                "den": den,
-                "noise": noise[: args.n_eval],
-                "ref": ref[: args.n_eval],
-                "calib": noise[args.n_eval :],
-                "ref_calib": ref[args.n_eval :],
-                "data": make_data(data_name, 4000, args.seed + 2).double(),
-                "data_name": data_name,
-            }
-            prior = row("prior", "noise", "", 0, noise[: args.n_eval], ctx, 0.0)
-            rows.append(prior)
+    pairs = [(kind, d) for d in args.data for kind in ("vp", "flow")]
+    teachers = [f"{kind}-{d}" for kind, d in pairs]
+    agreement_teacher = next((t for t in teachers if t.startswith("vp-")), None)
+    search_nfe = [n for n in args.nfe if n <= SEARCH_NFE_MAX]
+    rows, schedules, done, teacher_info = [], {}, [], dict(old.get("teacher_info", {}))
+    state = {"overhead": {}, "agreement": {}}
+    ctxs = {}
+
+    def context(kind, data_name) -> dict:
+        """The teacher, the held-out noise and its RK45 endpoints, the held-out data."""
+        name = f"{kind}-{data_name}"
+        if name in ctxs:
+            return ctxs[name]
+        print(f"[{time.perf_counter() - start:6.0f} s] {name}", flush=True)
+        den, how = get_teacher(kind, data_name, args)
+        teacher_info[name] = how
+        print(f"  teacher {how}")
+        noise = noise_draw(den.model.dim, 0, args)
+        t0 = time.perf_counter()
+        stats = {}
+        with torch.no_grad():
+            ref = sample(den, noise, nfe=None, solver="rk45", stats=stats)
+        print(f"  rk45 reference: {stats['nfe']} NFE, {time.perf_counter() - t0:.0f} s")
+        ctxs[name] = {
+            "name": name,
+            "kind": kind,
+            "den": den,
+            "noise": noise[: args.n_eval],
+            "ref": ref[: args.n_eval],
+            "calib": {0: (noise[args.n_eval :], ref[args.n_eval :])},  # seed 0's, same draw
+            "data": make_data(data_name, 4000, args.seed + 2).double(),
+            "data_name": data_name,
+        }
+        return ctxs[name]
+
+    def write():
+        notes = []
+        if not any(r["family"] == "k-diffusion" for r in rows) and any(
+            u.endswith("/anchors") for u in done
+        ):
+            notes.append("k-diffusion rows skipped: k_diffusion is not installed")
+        res = {
+            "args": {**dataclasses.asdict(args), "out": repo_relative(args.out)},
+            "setting": setting_key(args),
+            # wall time, summed over the runs a --resume continued
+            "seconds": old.get("seconds", 0.0) + time.perf_counter() - start,
+            "teachers": teachers,
+            "teacher_info": teacher_info,
+            "overhead": state["overhead"],
+            "agreement": state["agreement"],
+            "notes": notes,
+            # the finished units: "<teacher>/anchors", "<teacher>/seed<s>/nfe<n>", "overhead"
+            "done": done,
+        }
+        res, merged = finish(res, rows)
+        res["medians"] = [r for r in merged if "seeds" in r]  # the seeded rows' medians
+        res["rows"] = rows  # the per-seed rows (the deterministic ones once): what --resume reuses
+        res["schedules"] = schedules
+        json_file.write_text(json.dumps(res, indent=1, default=float))
+        (out / f"{stem}.md").write_text(markdown(res, merged))
+        return res, merged
+
+    # 1. every teacher's deterministic rows (the anchors), once
+    for kind, data_name in pairs:
+        name = f"{kind}-{data_name}"
+        unit = f"{name}/anchors"
+        if unit in done_old:
+            rows += [r for r in old_rows if r["teacher"] == name and r["family"] not in SEEDED]
+            if name == agreement_teacher:
+                state["agreement"] = old.get("agreement", {})
+            print(f"  {name} anchors: reused", flush=True)
+        else:
+            ctx = context(kind, data_name)
+            rows.append(row("prior", "noise", "", 0, ctx["noise"], ctx, 0.0))
             for part in (onestep_rows, diffusers_rows, kdiffusion_rows):
                 t0 = time.perf_counter()
                 rows += part(ctx, args)
                 print(f"  {part.__name__}: {time.perf_counter() - t0:.0f} s", flush=True)
+            if name == agreement_teacher:
+                state["agreement"] = dpmpp_2m_agreement(ctx, args)
+        done.append(unit)
+        write()
+
+    # 2. the searched and learned rows, one unit per (seed, teacher, NFE), seed-major, so that a
+    # cut-short run has every teacher and NFE with as many seeds as it got; finished units of
+    # seeds outside --seeds are kept
+    other = sorted(
+        {int(u.split("/seed")[1].split("/")[0]) for u in done_old if "/seed" in u} - set(args.seeds)
+    )
+    units = [(s, k, d, n) for s in list(args.seeds) + other for k, d in pairs for n in search_nfe]
+    b = bar(len(units), "search units", args.progress)
+    for seed, kind, data_name, nfe in units:
+        name = f"{kind}-{data_name}"
+        unit = f"{name}/seed{seed}/nfe{nfe}"
+        b.update(1)
+        if unit in done_old:
+            rows += [
+                r
+                for r in old_rows
+                if r["teacher"] == name
+                and r["family"] in SEEDED
+                and r.get("seed") == seed
+                and r["nfe"] == nfe
+            ]
+            schedules.update(
+                {
+                    k: v
+                    for k, v in old_schedules.items()
+                    if k.startswith(f"{name}/seed{seed}/") and k.endswith(f"/nfe{nfe}")
+                }
+            )
+            if seed in args.seeds:
+                print(f"  {unit}: reused", flush=True)
+        elif seed not in args.seeds:
+            continue
+        else:
             t0 = time.perf_counter()
-            found, sch = searched_rows(ctx, args)
-            rows += found
-            schedules.update({f"{name}/{k}": v for k, v in sch.items()})
-            print(f"  searched_rows: {time.perf_counter() - t0:.0f} s", flush=True)
-            if kind == "vp" and not agreement:
-                agreement = dpmpp_2m_agreement(ctx, args)
-    ov = overhead(args)
-    if not any(r["family"] == "k-diffusion" for r in rows):
-        notes.append("k-diffusion rows skipped: k_diffusion is not installed")
-    summ = summary(rows, teachers, args)
-    extra = {"overhead": ov, "agreement": agreement, "notes": notes}
-    result = {
-        "args": dataclasses.asdict(args),
-        "seconds": time.perf_counter() - start,
-        "summary": summ,
-        "overhead": ov,
-        "agreement": agreement,
-        "notes": notes,
-        "rows": rows,
-        "schedules": schedules,
-    }
-    (out / "solvers.json").write_text(json.dumps(result, indent=1, default=float))
-    (out / "solvers.md").write_text(markdown(rows, summ, extra, teachers, args))
-    plot(rows, teachers, args, out / "solvers.png")
-    # the table
+            new, sch = searched_rows(context(kind, data_name), args, seed, nfe)
+            rows += new
+            schedules.update({f"{name}/seed{seed}/{m}/nfe{nfe}": v for m, v in sch.items()})
+            best_new = min(new, key=lambda r: r["error"])
+            print(
+                f"  {unit}: {time.perf_counter() - t0:.0f} s, best {best_new['sampler']} "
+                f"{best_new['error']:.4f}  [{time.perf_counter() - start:.0f} s]",
+                flush=True,
+            )
+        done.append(unit)
+        write()
+    b.close()
+
+    # 3. the overhead against diffusers
+    if "overhead" in done_old:
+        state["overhead"] = old.get("overhead", {})
+    else:
+        state["overhead"] = overhead(args)
+    done.append("overhead")
+    res, merged = write()
+    plot(merged, teachers, args.nfe, out / f"{stem}.png")
+    console(res)
+    print(
+        f"wrote {stem}.md, {stem}.json, {stem}.png in {repo_relative(out)} in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+def console(res: dict) -> None:
+    """The summary table, the targets, overhead and agreement, on the console."""
     print(
         f"\n{'teacher':<20}{'NFE':>4}  {'best anchor':<44}{'error':>9}  "
-        f"{'best searched/learned':<28}{'error':>9}{'ratio':>7}"
+        f"{'best searched/learned (median)':<32}{'error':>9}{'ratio':>7}  range"
     )
-    for key, s in summ.items():
+    for key, s in res["summary"].items():
         teacher, nfe = key.split("/nfe")
         a, f = s["best_anchor"], s["best_searched"]
+        rg = s.get("ratio_range")
         print(
             f"{teacher:<20}{nfe:>4}  {(a or {}).get('sampler', '-'):<44}"
-            f"{(a or {}).get('error', math.nan):>9.4f}  {(f or {}).get('sampler', '-'):<28}"
+            f"{(a or {}).get('error', math.nan):>9.4f}  {(f or {}).get('sampler', '-'):<32}"
             f"{(f or {}).get('error', math.nan):>9.4f}"
             f"{s['ratio'] if s['ratio'] is not None else math.nan:>7.2f}"
+            + (f"  [{rg[0]:.2f}, {rg[1]:.2f}]" if rg else "")
         )
+    for key, t in res["targets"].items():
+        f = t["best"]
+        print(
+            f"target {key}: best of {'/'.join(TARGET_SAMPLERS)} "
+            f"{f['sampler'] if f else '-'} ratio {fmt(f and f.get('ratio'), '.2f')} "
+            f"(<= {TARGET_RATIO}): {'met' if t['met'] else 'NOT met'}"
+        )
+    ov, ag = res["overhead"], res["agreement"]
     if "ratio" in ov:
         print(
             f"\noverhead per step (trivial network, dpm++2m): onestep "
@@ -1043,17 +1446,27 @@ def main(argv=None) -> int:
             f"{ov['onestep_closed_form_path_ms_per_step']:.3f} ms, ratio "
             f"{ov['closed_form_ratio']:.2f}"
         )
-    if "max_relative_difference" in agreement:
+    if "max_relative_difference" in ag:
         print(
             f"dpm++2m vs diffusers (float64): max relative difference "
-            f"{agreement['max_relative_difference']:.2e}"
+            f"{ag['max_relative_difference']:.2e}"
         )
-    for note in notes:
+    for note in res.get("notes", []):
         print(note)
-    print(
-        f"wrote {out / 'solvers.md'}, solvers.json, solvers.png in "
-        f"{time.perf_counter() - start:.0f} s"
-    )
+
+
+def report(json_file: FilePath) -> int:
+    """The .md and .png of json_file (same stem) from its per-seed rows. Rows written before the
+    seeds existed (no "seed" key) count as the single seed's (its args.seed)."""
+    res = json.loads(json_file.read_text())
+    args = res["args"]
+    res.setdefault("teachers", [f"{k}-{d}" for d in args["data"] for k in ("vp", "flow")])
+    rows = with_seeds(res["rows"], args["seed"])
+    res, merged = finish(res, rows)
+    json_file.with_suffix(".md").write_text(markdown(res, merged))
+    plot(merged, res["teachers"], args["nfe"], json_file.with_suffix(".png"))
+    console(res)
+    print(f"wrote {json_file.stem}.md, {json_file.stem}.png from {json_file.name}")
     return 0
 
 
