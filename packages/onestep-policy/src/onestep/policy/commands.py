@@ -124,9 +124,10 @@ def train(args: TrainArgs | None = None, **kwargs) -> dict:
         shown = dataclasses.asdict(a)
         if resolve is not None:
             config = resolve(a.algo, a.set)
-            config = dataclasses.replace(config, **({"steps": a.steps} if a.steps else {}),
-                                         **({"batch_size": a.batch_size} if a.batch_size
-                                            else {}))
+            names = {f.name for f in dataclasses.fields(config)}
+            given = {"steps": a.steps, "batch_size": a.batch_size}
+            config = dataclasses.replace(config, **{k: v for k, v in given.items()
+                                                    if v and k in names})
             shown["config"] = dataclasses.asdict(config)
         print(json.dumps(shown, indent=1))
         return shown
