@@ -96,8 +96,9 @@ class Args:
     nfe: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 35)
     search_nfe: tuple[int, ...] = (3, 4, 5, 6)
     """NFE of the searched (S^3-style) and learned (LSD, LSD+) schedules."""
-    few_step_nfe: tuple[int, ...] = (4,)
-    """NFE the few-step methods are trained for."""
+    few_step_nfe: tuple[int, ...] = (4, 1)
+    """NFE the few-step methods are trained for (one student per NFE; TDM's one-step student is
+    the best one-step student measured)."""
     train_students: bool = True
     """Train the students that have no finished run; with --no-train-students only finished
     runs are scored (students trained elsewhere with the same settings, e.g. in parallel)."""
