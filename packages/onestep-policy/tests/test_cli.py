@@ -82,3 +82,43 @@ def test_malformed_and_missing_files_are_one_line_errors(tmp_path, capsys):
     _one_line_error(capsys, ["inspect", "--data", str(tmp_path / "none.hdf5")], "no such file")
     _one_line_error(capsys, ["inspect", "--data", "onestep/none/x-v0", "--root", str(tmp_path)],
                     "not found locally")
+
+
+@pytest.mark.slow
+def test_eval_sampler_reaches_the_policy_and_bad_samplers_are_refused(tmp_path, monkeypatch,
+                                                                       capsys):
+    """eval --sampler: ddim / ddpm set diffusion-policy's steps (10 / 100 network evaluations
+    per chunk); an unknown name, or any sampler for an offline run, is a one-line error."""
+    import dataclasses
+
+    from onestep.policy import tasks
+    from onestep.policy.data import write_robomimic
+    from onestep.policy.imitation import train as train_imitation
+    from onestep.policy.offline import train as train_offline
+
+    task = tasks.ROBOT_TASKS["Lift"]
+    monkeypatch.setitem(tasks.ROBOT_TASKS, "Lift", dataclasses.replace(task, horizon=4))
+    rng = np.random.default_rng(0)
+    eps = [{"observations": rng.normal(size=(9, task.obs_dim)),
+            "actions": rng.uniform(-1, 1, (8, 7)), "rewards": np.zeros(8), "terminated": False,
+            "success": False} for _ in range(3)]
+    write_robomimic(tmp_path / "lift.hdf5",
+                    Transitions.from_episodes(eps, env="Lift", obs_keys=task.obs_keys))
+    tiny = {"hidden": "32", "depth": "2", "horizon": "4", "n_obs_steps": "1",
+            "n_action_steps": "2", "warmup": "1", "ema_decay": "0"}
+    dp = tmp_path / "dp"
+    train_imitation("diffusion-policy", str(tmp_path / "lift.hdf5"), str(dp), steps=2,
+                    batch_size=4, overrides=tiny, progress=False)
+    for flag, sampler, nfe in ((["--sampler", "ddim"], "ddim", 10), ([], "ddpm", 100)):
+        out = tmp_path / f"{sampler}.json"
+        assert main(["eval", "--run", str(dp), "--episodes", "1", "--no-progress",
+                     "--json", str(out), *flag]) == 0
+        r = json.loads(out.read_text())
+        assert (r["sampler"], r["nfe"], r["queries"]) == (sampler, nfe, 2)
+    capsys.readouterr()
+    _one_line_error(capsys, ["eval", "--run", str(dp), "--sampler", "dpm"],
+                    "unknown --sampler 'dpm' for diffusion-policy; choose from ddpm, ddim")
+    bc = tmp_path / "bc"
+    train_offline("bc", str(_file(tmp_path)), str(bc), steps=1, batch_size=4, progress=False)
+    _one_line_error(capsys, ["eval", "--run", str(bc), "--sampler", "ddim"],
+                    "--sampler is for dm1 and diffusion-policy runs; bc has no sampler choice")

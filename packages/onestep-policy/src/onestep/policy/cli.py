@@ -152,6 +152,9 @@ class EvalArgs:
     """Rollout episodes."""
     seed: int = 0
     """Seed of the first episode's reset (then seed + 1, ...) and of the policy's noise."""
+    sampler: str = ""
+    """Imitation runs only: "" (the algorithm's default), for diffusion-policy ddpm (all 100
+    training steps, ancestral) or ddim (10 steps); dm1 has one sampler (meanflow, one step)."""
     json: str = ""
     """Also write the result to this JSON file."""
     threads: int = 1

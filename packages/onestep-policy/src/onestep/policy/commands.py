@@ -151,9 +151,23 @@ def eval(args: EvalArgs | None = None, **kwargs) -> dict:  # noqa: A001 (the ver
         raise ValueError("--run is required: a run folder written by onestep-policy train")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    backend = _backend(_run_algo(a.run))
-    s = backend.evaluate(a.run, episodes=a.episodes, seed=a.seed, progress=a.progress)
+    algo = _run_algo(a.run)
+    backend = _backend(algo)
+    if a.sampler and algo in OFFLINE:
+        raise ValueError(f"--sampler is for dm1 and diffusion-policy runs; {algo} has no "
+                         "sampler choice")
+    if algo in IMITATION:
+        samplers = backend.SAMPLERS[algo] if a.sampler else ()
+        if a.sampler and a.sampler not in samplers:
+            raise ValueError(f"unknown --sampler {a.sampler!r} for {algo}; choose from "
+                             f"{', '.join(samplers)} (or leave it empty for the default)")
+        s = backend.evaluate(a.run, episodes=a.episodes, seed=a.seed, progress=a.progress,
+                             sampler=a.sampler)
+    else:
+        s = backend.evaluate(a.run, episodes=a.episodes, seed=a.seed, progress=a.progress)
     rows = [("algo", s.get("algo")), ("env", s.get("env")), ("episodes", s.get("episodes"))]
+    if s.get("sampler"):
+        rows.append(("sampler", s["sampler"]))
     if s.get("returns") is not None:
         rows.append(("mean return", _fmt(s.get("mean_return"))))
     ci = s.get("score_ci")
