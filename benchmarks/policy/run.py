@@ -32,14 +32,17 @@ top-level "results" mapping name -> algorithm -> {score, score_ci, latency_ms_me
 latency_ms_p95, train_seconds}. It is written after every training and every evaluation, and
 --resume reuses the units whose settings match (so --seeds 3 --resume adds a seed). Datasets and
 run folders go to benchmarks/results/policy/runs/ (git-ignored); a dataset already there is
-reused after its summary is checked against the settings.
+reused after its summary is checked against the settings. Seeds can run in parallel, one
+process each with --resume --seeds S; a last `--resume` (all seeds finished) writes the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -196,6 +199,7 @@ class Bench:
         self.work = RESULTS / "policy" / "runs" / ("quick" if args.quick else "")
         self.data_dir = self.work / "data"
         self.units: dict[str, dict] = {}
+        self.mine: set[str] = set()  # the units this process ran (others may run other seeds)
         self.datasets: dict[str, dict] = {}
         self.seconds_before = 0.0
         if (args.resume or args.report) and self.json_file.exists():
@@ -235,9 +239,20 @@ class Bench:
                 "interval": "95% Student-t interval over the seeds' scores (n - 1 dof)",
                 "results": self.results(), "datasets": self.datasets, "units": self.units}
         RESULTS.mkdir(parents=True, exist_ok=True)
-        tmp = self.json_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        tmp.replace(self.json_file)
+        # with --resume several processes may share the json (one per seed: --seeds 0, --seeds 1,
+        # ...; then a plain --resume aggregates every seed): under a lock, take the other
+        # processes' units from the file and write ours over them
+        with open(self.json_file.with_suffix(".json.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if a.resume and self.json_file.exists():
+                disk = json.loads(self.json_file.read_text())
+                if disk.get("units") is not None:
+                    self.units = {**disk["units"], **{k: self.units[k] for k in self.mine}}
+                    self.datasets = {**disk.get("datasets", {}), **self.datasets}
+                    data.update(results=self.results(), datasets=self.datasets, units=self.units)
+            tmp = self.json_file.with_suffix(f".json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            tmp.replace(self.json_file)
 
     # -- datasets -----------------------------------------------------------------------------
     def _expect(self, name: str, env: str, quality: str) -> dict:
@@ -283,6 +298,7 @@ class Bench:
         u = self.units.get(key)
         if u is None or u.get("settings") != settings:
             u = self.units[key] = {"settings": settings}
+        self.mine.add(key)
         return u
 
     def offline_unit(self, name: str, file: FilePath, algo: str, seed: int) -> None:
