@@ -250,8 +250,11 @@ def needs_data(method: str, config) -> bool:
         return True
     if method == "dmd2":  # its GAN's discriminator sees real samples
         return config.gan_weight > 0 or config.disc_weight > 0
-    if method == "msd":  # teacher score matching on real data first
-        return config.tsm_steps > 0
+    if method == "msd":  # teacher score matching on real data first; the adversarial stage's
+        # discriminator sees real samples (as dmd2's)
+        adversarial = config.adv_start is not None and (config.gan_weight > 0
+                                                        or config.disc_weight > 0)
+        return config.tsm_steps > 0 or adversarial
     return False
 
 
