@@ -23,7 +23,9 @@ A cell (dataset or task, algorithm) is the mean over seeds of the per-seed score
 that seed's episodes) with a 95% Student-t interval over the seed scores (n - 1 degrees of
 freedom; the seed's value itself for one seed); latency (ms per policy query at batch 1: one
 action for the offline algorithms, one action chunk for the imitation ones; the policy call
-only) and train time are the medians over seeds of each seed's median / p95 / seconds.
+only) is timed after the rollouts, every algorithm of a dataset or task round-robin on the same
+dataset observations in one process (the first seed's runs), so that load on a shared machine
+hits all alike; train time is the median over seeds of each seed's seconds.
 
 Writes benchmarks/results/policy.{md,json,png} (--quick: policy_quick.*, not committed). The
 json holds the command, settings, versions, the datasets' summaries, every finished unit (one
@@ -56,6 +58,7 @@ import torch
 
 from onestep.core.cli import parse_dataclass
 from onestep.policy import imitation, offline
+from onestep.policy.data import read_d4rl, read_robomimic
 from onestep.policy.make import make_dataset, sidecar_path
 from onestep.policy.tasks import QUALITIES, robot_task
 
@@ -105,6 +108,9 @@ class Args:
     """Scripted demonstrations per robot task."""
     ckpt_every: int = 1000
     """Checkpoint every this many training steps (a killed run continues from the last)."""
+    latency_reps: int = 100
+    """Timed policy queries per algorithm in the interleaved latency measurement (after 10
+    warm-up queries)."""
     threads: int = 1
     """CPU threads for torch (training and the latency measurement)."""
     progress: bool = True
@@ -116,7 +122,7 @@ class Args:
             return self
         quick = dict(datasets=("Pendulum-v1:medium",), seeds=(0,), offline_steps=20,
                      imitation_steps=20, episodes=2, imitation_episodes=1, transitions=2000,
-                     behavior_steps=2000, demos=3, ckpt_every=10)
+                     behavior_steps=2000, demos=3, ckpt_every=10, latency_reps=20)
         return dataclasses.replace(self, **{k: v for k, v in quick.items()
                                             if getattr(self, k) == getattr(Args, k)})
 
@@ -222,6 +228,7 @@ class Bench:
                 if us:
                     out.setdefault(name, {})[algo] = cell([u["eval"] for u in us],
                                                           [u["train"] for u in us])
+                    self._interleaved(out[name], name, algo)
         for task in a.tasks:
             for key, (algo, sampler) in IMITATION_KEYS.items():
                 us = [self.units.get(f"imitation/{task}/{algo}/seed{s}") for s in a.seeds]
@@ -229,7 +236,15 @@ class Bench:
                 if us:
                     out.setdefault(task, {})[key] = cell([u["eval"][sampler] for u in us],
                                                          [u["train"] for u in us], 0.0, 100.0)
+                    self._interleaved(out[task], task, key)
         return out
+
+    def _interleaved(self, cells: dict, name: str, key: str) -> None:
+        """Use the interleaved latency of `name`'s latency unit where it has one."""
+        ms = self.units.get(f"latency/{name}/seed{self.args.seeds[0]}", {}).get("ms", {})
+        if key in ms:
+            cells[key].update(latency_ms_median=ms[key]["median"], latency_ms_p95=ms[key]["p95"],
+                              latency="interleaved")
 
     def save(self) -> None:
         a = self.args
@@ -360,6 +375,44 @@ class Bench:
             log(f"{key} {sampler}: success {e['score']:.0f}%, latency "
                 f"{e['latency_ms_median']:.3f} ms, train {u['train']['train_seconds']:.0f} s")
 
+    def latency_unit(self, name: str, file: FilePath, offline_set: bool) -> None:
+        """Latency per policy query at batch 1, every algorithm of `name` (its seed-0 or first
+        seed's run) timed round-robin on the same dataset observations in one process, so that
+        load on a shared machine hits all alike (the rollouts' own latencies are kept in the
+        units; this is what the table and the targets use)."""
+        a = self.args
+        seed = a.seeds[0]
+        key = f"latency/{name}/seed{seed}"
+        steps = a.offline_steps if offline_set else a.imitation_steps
+        u = self.unit(key, {"steps": steps, "reps": a.latency_reps})
+        if "ms" in u:
+            return False
+        data = (read_d4rl(file) if offline_set else read_robomimic(file))
+        rng = np.random.default_rng(0)
+        obs = data.observations[rng.integers(0, len(data.observations), a.latency_reps + 10)]
+        fns = {}
+        if offline_set:
+            for algo in OFFLINE_ALGOS:
+                fns[algo] = offline.actor(str(self.work / name / f"{algo}-{steps}-seed{seed}"),
+                                          seed)[0]
+        else:
+            for key_name, (algo, sampler) in IMITATION_KEYS.items():
+                pol = imitation.load_policy(self.work / name / f"{algo}-{steps}-seed{seed}",
+                                            sampler=sampler, seed=seed)
+                fns[key_name] = lambda o, p=pol: p.predict_chunk(
+                    np.repeat(o[None], p.cfg.n_obs_steps, 0))
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for i, o in enumerate(obs):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(o)
+                if i >= 10:  # warm-up
+                    times[k].append(1e3 * (time.perf_counter() - t0))
+        u["ms"] = {k: {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
+                   for k, v in times.items()}
+        self.save()
+        log(f"{key}: " + ", ".join(f"{k} {v['median']:.3f} ms" for k, v in u["ms"].items()))
+
     def plan(self) -> list[tuple[str, callable]]:
         """The units in running order: every dataset first, then seed by seed each offline and
         each imitation algorithm, so that a run cut short has every cell's first seeds."""
@@ -382,6 +435,10 @@ class Bench:
                 for algo in IMITATION_ALGOS:
                     todo.append((f"{task} {algo} seed {seed}", lambda t=task, al=algo, s=seed:
                                  self.imitation_unit(t, files[t], al, s)))
+        for name, _, _ in offline_sets:
+            todo.append((f"{name} latency", lambda n=name: self.latency_unit(n, files[n], True)))
+        for task in a.tasks:
+            todo.append((f"{task} latency", lambda t=task: self.latency_unit(t, files[t], False)))
         return todo
 
     def run(self) -> None:
@@ -463,8 +520,10 @@ def report(data: dict, md_file: FilePath) -> str:
              f"Wall time so far {data.get('wall_seconds', 0) / 3600:.1f} h.\n",
              "Each cell: the mean over seeds of the per-seed score (the mean over that seed's "
              "rollouts) with a 95% Student-t interval over the seed scores in brackets; latency "
-             "per policy query at batch 1 (median and p95 over the queries of a seed, then the "
-             "median over seeds); train time: the median over seeds of the seconds spent in "
+             "per policy query at batch 1 (median and p95), every algorithm of a dataset or task "
+             "timed round-robin on the same observations in one process (the first seed's runs; "
+             "before that stage has run, the median over seeds of the rollouts' latencies); "
+             "train time: the median over seeds of the seconds spent in "
              "training steps. The machine was shared with other jobs, so times are "
              "indicative.\n",
              "## Targets (issue 13)\n", "| target | limit | measured | met |",

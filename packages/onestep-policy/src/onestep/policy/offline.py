@@ -740,27 +740,12 @@ def _bootstrap_ci(x: np.ndarray, seed: int, n: int = 10_000) -> list[float]:
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def evaluate(run: str, *, episodes: int = 10, seed: int = 0, progress: bool = True) -> dict:
-    """Roll the run's policy out in its gymnasium task for `episodes` episodes (reset seeds
-    seed, seed + 1, ...), one action at a time (batch 1). Returns the returns, the mean
-    D4RL-normalised score against the reference returns the dataset recorded (None without
-    them) with a 95% bootstrap interval over episodes, the median and p95 latency per action in
-    ms (the policy call from observation to action, the first 10 actions left out as warm-up),
-    and the network evaluations per action (nfe)."""
-    import gymnasium as gym
-    from tqdm.auto import tqdm
-
-    from .scores import normalized_score
-    from .tasks import robot_task
-
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+def actor(run, seed: int = 0):
+    """`act(obs) -> action` of a finished run's policy, one observation at a time (batch 1),
+    in the environment's action bounds; DQL picks among its candidates by the target critic's
+    Q as its paper's sample_action. Returns (act, run.json)."""
     policy, critic, info = load_policy(run)
-    algo, env_id = info["algo"], info["env"]
-    if robot_task(env_id) is not None:
-        raise ValueError(f"{env_id} is a robosuite task; the offline algorithms are evaluated "
-                         "in gymnasium tasks (robot tasks: dm1, diffusion-policy)")
-    config = _config_from(algo, info.get("config", {}))
+    config = _config_from(info["algo"], info.get("config", {}))
     candidates = getattr(config, "candidates", 1)
     low = np.asarray(info["action_low"], np.float32)
     high = np.asarray(info["action_high"], np.float32)
@@ -779,6 +764,32 @@ def evaluate(run: str, *, episodes: int = 10, seed: int = 0, progress: bool = Tr
         a = a[0].numpy()
         return (a * (high - low) / 2 + (high + low) / 2).astype(np.float32)
 
+    act.nfe, act.candidates = int(policy.nfe), int(candidates)
+    return act, info
+
+
+def evaluate(run: str, *, episodes: int = 10, seed: int = 0, progress: bool = True) -> dict:
+    """Roll the run's policy out in its gymnasium task for `episodes` episodes (reset seeds
+    seed, seed + 1, ...), one action at a time (batch 1). Returns the returns, the mean
+    D4RL-normalised score against the reference returns the dataset recorded (None without
+    them) with a 95% bootstrap interval over episodes, the median and p95 latency per action in
+    ms (the policy call from observation to action, the first 10 actions left out as warm-up),
+    and the network evaluations per action (nfe)."""
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+
+    from .scores import normalized_score
+    from .tasks import robot_task
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    info = _read_run(run)
+    algo, env_id = info["algo"], info["env"]
+    if robot_task(env_id) is not None:
+        raise ValueError(f"{env_id} is a robosuite task; the offline algorithms are evaluated "
+                         "in gymnasium tasks (robot tasks: dm1, diffusion-policy)")
+    act, _ = actor(run, seed)
+    nfe, candidates = act.nfe, act.candidates
     env = gym.make(env_id)
     returns, lat = [], []
     bar = tqdm(total=episodes, desc=f"eval {algo}", disable=not progress, leave=False,
@@ -810,5 +821,5 @@ def evaluate(run: str, *, episodes: int = 10, seed: int = 0, progress: bool = Tr
             "mean_return": float(rets.mean()), "score": score, "score_ci": ci,
             "latency_ms_median": float(np.median(lat_ms)),
             "latency_ms_p95": float(np.percentile(lat_ms, 95)),
-            "nfe": int(policy.nfe), "candidates": int(candidates),
+            "nfe": nfe, "candidates": candidates,
             "threads": torch.get_num_threads()}
