@@ -209,7 +209,8 @@ def test_msd_scrambled_routing_does_worse(flow_teacher, toy_data):
     map). The broken variant trains student k on sector k + 1's noise (`msd.noise_route`
     shifted during training, restored for sampling), so at sampling every student gets noise
     it never learnt. Measured (100 steps, seed 0): squared distance to the teacher's ODE map
-    from the same noise 0.16 vs 0.79, one-step SW2 0.19 vs 0.26.
+    from the same noise 0.16 vs 0.79, one-step SW2 0.19 vs 0.26 (with fake_updates=1, the default
+    before it became 5).
 
     (Class groups with class-conditional students do not show this on the toy: a student
     distilled on the wrong classes still improves on its own through the shared label-
