@@ -23,9 +23,10 @@ A cell (dataset or task, algorithm) is the mean over seeds of the per-seed score
 that seed's episodes) with a 95% Student-t interval over the seed scores (n - 1 degrees of
 freedom; the seed's value itself for one seed); latency (ms per policy query at batch 1: one
 action for the offline algorithms, one action chunk for the imitation ones; the policy call
-only) is timed after the rollouts, every algorithm of a dataset or task round-robin on the same
-dataset observations in one process (the first seed's runs), so that load on a shared machine
-hits all alike; train time is the median over seeds of each seed's seconds.
+only) is timed after the rollouts, every algorithm of a dataset or task round-robin in blocks of
+10 queries on the same dataset observations in one process (the first seed's runs), so that
+load on a shared machine hits all alike while each policy runs warm within its block; train
+time is the median over seeds of each seed's seconds.
 
 Writes benchmarks/results/policy.{md,json,png} (--quick: policy_quick.*, not committed). The
 json holds the command, settings, versions, the datasets' summaries, every finished unit (one
@@ -66,6 +67,7 @@ ROOT = FilePath(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 OFFLINE_ALGOS = ("ofql", "dql", "fbc", "bc")
 IMITATION_ALGOS = ("dm1", "diffusion-policy")
+LATENCY_BLOCK = 10  # consecutive timed queries per algorithm in the latency stage
 # result key -> (algorithm, sampler) of the imitation cells
 IMITATION_KEYS = {"dm1": ("dm1", "meanflow"), "diffusion-policy": ("diffusion-policy", "ddpm"),
                   "diffusion-policy-ddim": ("diffusion-policy", "ddim")}
@@ -109,8 +111,8 @@ class Args:
     ckpt_every: int = 1000
     """Checkpoint every this many training steps (a killed run continues from the last)."""
     latency_reps: int = 100
-    """Timed policy queries per algorithm in the interleaved latency measurement (after 10
-    warm-up queries)."""
+    """Timed policy queries per algorithm in the latency stage (blocks of LATENCY_BLOCK
+    queries, the first of each block left out as warm-up)."""
     threads: int = 1
     """CPU threads for torch (training and the latency measurement)."""
     progress: bool = True
@@ -384,12 +386,13 @@ class Bench:
         seed = a.seeds[0]
         key = f"latency/{name}/seed{seed}"
         steps = a.offline_steps if offline_set else a.imitation_steps
-        u = self.unit(key, {"steps": steps, "reps": a.latency_reps})
+        u = self.unit(key, {"steps": steps, "reps": a.latency_reps, "block": LATENCY_BLOCK})
         if "ms" in u:
             return False
         data = (read_d4rl(file) if offline_set else read_robomimic(file))
         rng = np.random.default_rng(0)
-        obs = data.observations[rng.integers(0, len(data.observations), a.latency_reps + 10)]
+        n = a.latency_reps * LATENCY_BLOCK // (LATENCY_BLOCK - 1)  # latency_reps timed each
+        obs = data.observations[rng.integers(0, len(data.observations), n)]
         fns = {}
         if offline_set:
             for algo in OFFLINE_ALGOS:
@@ -401,13 +404,18 @@ class Bench:
                                             sampler=sampler, seed=seed)
                 fns[key_name] = lambda o, p=pol: p.predict_chunk(
                     np.repeat(o[None], p.cfg.n_obs_steps, 0))
+        # blocks of LATENCY_BLOCK queries per algorithm, round-robin: within a block the
+        # policy runs warm, as it does alone in a control loop (one query per call, algorithms
+        # alternating, put the one-step policies' weights out of cache: 0.88 -> 1.87 ms for DM1
+        # on Can); the first query of each block is left out
         times: dict[str, list[float]] = {k: [] for k in fns}
-        for i, o in enumerate(obs):
+        for start in range(0, len(obs), LATENCY_BLOCK):
             for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(o)
-                if i >= 10:  # warm-up
-                    times[k].append(1e3 * (time.perf_counter() - t0))
+                for j, o in enumerate(obs[start:start + LATENCY_BLOCK]):
+                    t0 = time.perf_counter()
+                    fn(o)
+                    if j > 0:
+                        times[k].append(1e3 * (time.perf_counter() - t0))
         u["ms"] = {k: {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
                    for k, v in times.items()}
         self.save()
@@ -521,7 +529,8 @@ def report(data: dict, md_file: FilePath) -> str:
              "Each cell: the mean over seeds of the per-seed score (the mean over that seed's "
              "rollouts) with a 95% Student-t interval over the seed scores in brackets; latency "
              "per policy query at batch 1 (median and p95), every algorithm of a dataset or task "
-             "timed round-robin on the same observations in one process (the first seed's runs; "
+             "timed round-robin in blocks of 10 queries (the first left out) on the same "
+             "observations in one process (the first seed's runs; "
              "before that stage has run, the median over seeds of the rollouts' latencies); "
              "train time: the median over seeds of the seconds spent in "
              "training steps. The machine was shared with other jobs, so times are "
