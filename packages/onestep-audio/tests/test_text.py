@@ -38,6 +38,8 @@ def test_number_to_words():
     ("Mr. Smith’s dog -- 100% sure?.", "Mister Smith's dog, one hundred percent sure?"),
     ('a polite "don\'t call" menu; ok', "a polite don't call menu, ok"),
     ("  No. 3  ", "Number three"),
+    ("card 1234567890123456.", "card one two three four five six seven eight nine zero one two "
+     "three four five six."),
 ])
 def test_normalize_text(raw, normal):
     assert normalize_text(raw) == normal

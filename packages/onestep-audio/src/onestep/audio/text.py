@@ -80,7 +80,7 @@ def _ordinal_words(n: int) -> str:
 def _number(match: re.Match) -> str:
     whole, frac, suffix = match.group(1).replace(",", ""), match.group(2), match.group(3)
     if len(whole) > 15:  # too long to read as one number: read its digits
-        return " ".join(_ONES[int(d)] for d in whole)
+        return " " + " ".join(_ONES[int(d)] for d in whole) + " "
     if suffix:
         return f" {_ordinal_words(int(whole))} "
     words = number_to_words(int(whole))
