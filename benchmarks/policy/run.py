@@ -7,7 +7,8 @@ here by `onestep-policy make-dataset`.
     uv run python benchmarks/policy/run.py --report    # rewrite policy.md / .png from the json
 
 Offline RL: for each dataset of --datasets (gymnasium id and D4RL split, default HalfCheetah-v5
-medium: 1M transitions from a TD3 behaviour policy trained for --behavior-steps), OFQL, DQL (5
+and Hopper-v5 medium: 1M transitions from a behaviour policy, TD3 and SAC respectively, trained
+for --behavior-steps), OFQL, DQL (5
 denoising steps), flow behaviour cloning (fbc) and MLP behaviour cloning (bc) are trained for
 --offline-steps per seed of --seeds and rolled out for --episodes episodes: D4RL-normalised score
 against the random and expert reference returns the dataset records.
@@ -35,14 +36,17 @@ top-level "results" mapping name -> algorithm -> {score, score_ci, latency_ms_me
 latency_ms_p95, train_seconds}. It is written after every training and every evaluation, and
 --resume reuses the units whose settings match (so --seeds 3 --resume adds a seed). Datasets and
 run folders go to benchmarks/results/policy/runs/ (git-ignored); a dataset already there is
-reused after its summary is checked against the settings. Seeds can run in parallel, one
-process each with --resume --seeds S; a last `--resume` (all seeds finished) writes the table.
+reused after its summary is checked against the settings, and one the json records but the
+folder lacks (a fresh checkout) is made again only when a unit needs it. Seeds can run in
+parallel, one process each with --resume --seeds S --no-latency; a last `--resume` (all seeds
+finished) times the latency stage and writes the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import json
 import math
 import os
@@ -87,7 +91,7 @@ class Args:
     unfinished training runs from their checkpoints."""
     report: bool = False
     """Only rewrite policy.md and policy.png from an existing policy.json."""
-    datasets: tuple[str, ...] = ("HalfCheetah-v5:medium",)
+    datasets: tuple[str, ...] = ("HalfCheetah-v5:medium", "Hopper-v5:medium")
     """Offline-RL datasets as ENV:SPLIT (a gymnasium id and a D4RL split: random, medium,
     expert, medium-replay, medium-expert); named halfcheetah-medium etc. in the results."""
     tasks: tuple[str, ...] = ("Lift", "Can")
@@ -113,6 +117,9 @@ class Args:
     latency_reps: int = 100
     """Timed policy queries per algorithm in the latency stage (blocks of LATENCY_BLOCK
     queries, the first of each block left out as warm-up)."""
+    latency: bool = True
+    """Run the latency stage (on the first seed's runs; --no-latency for the per-seed processes
+    of a parallel run, whose last plain --resume runs it)."""
     threads: int = 1
     """CPU threads for torch (training and the latency measurement)."""
     progress: bool = True
@@ -281,6 +288,16 @@ class Bench:
             want["train_steps"] = a.behavior_steps
         return want
 
+    def dataset_step(self, name: str, env: str, quality: str):
+        """A function returning the dataset file `name`: made now, or, when resuming with the
+        file gone and its summary recorded, made only if a unit still needs it (a finished
+        benchmark continued on a fresh checkout need not remake every dataset)."""
+        file = self.data_dir / f"{name}.hdf5"
+        if self.args.resume and not file.exists() and name in self.datasets:
+            return functools.cache(lambda: self.dataset(name, env, quality))
+        file = self.dataset(name, env, quality)
+        return lambda: file
+
     def dataset(self, name: str, env: str, quality: str) -> FilePath:
         """The dataset file `name` (made unless there), its summary checked and recorded."""
         a = self.args
@@ -318,7 +335,7 @@ class Bench:
         self.mine.add(key)
         return u
 
-    def offline_unit(self, name: str, file: FilePath, algo: str, seed: int) -> None:
+    def offline_unit(self, name: str, file, algo: str, seed: int) -> None:
         a = self.args
         key = f"offline/{name}/{algo}/seed{seed}"
         u = self.unit(key, {"steps": a.offline_steps, "dataset": self.datasets[name]["file"]})
@@ -328,7 +345,7 @@ class Bench:
         if "train" not in u:
             t0 = time.perf_counter()
             cont = a.resume and (run / "run.json").exists()  # a killed run continues
-            s = offline.train(algo, str(file), str(run), steps=a.offline_steps, seed=seed,
+            s = offline.train(algo, str(file()), str(run), steps=a.offline_steps, seed=seed,
                             resume=cont, overwrite=not cont, progress=a.progress, threads=a.threads,
                             overrides={"ckpt_every": a.ckpt_every})
             u["train"] = {"steps": s["steps"], "train_seconds": s["train_seconds"],
@@ -343,7 +360,7 @@ class Bench:
         log(f"{key}: score {fmt(e['score'])}, latency {e['latency_ms_median']:.3f} ms, "
             f"train {u['train']['train_seconds']:.0f} s")
 
-    def imitation_unit(self, task: str, file: FilePath, algo: str, seed: int) -> None:
+    def imitation_unit(self, task: str, file, algo: str, seed: int) -> None:
         a = self.args
         key = f"imitation/{task}/{algo}/seed{seed}"
         u = self.unit(key, {"steps": a.imitation_steps, "dataset": self.datasets[task]["file"]})
@@ -357,7 +374,7 @@ class Bench:
         if "train" not in u:
             t0 = time.perf_counter()
             cont = a.resume and (run / "run.json").exists()  # a killed run continues
-            s = imitation.train(algo, str(file), str(run), steps=a.imitation_steps, seed=seed,
+            s = imitation.train(algo, str(file()), str(run), steps=a.imitation_steps, seed=seed,
                             resume=cont, overwrite=not cont, progress=a.progress, threads=a.threads,
                             overrides={"ckpt_every": a.ckpt_every})
             u["train"] = {"steps": s["steps"], "train_seconds": s["train_seconds"],
@@ -377,7 +394,7 @@ class Bench:
             log(f"{key} {sampler}: success {e['score']:.0f}%, latency "
                 f"{e['latency_ms_median']:.3f} ms, train {u['train']['train_seconds']:.0f} s")
 
-    def latency_unit(self, name: str, file: FilePath, offline_set: bool) -> None:
+    def latency_unit(self, name: str, file, offline_set: bool) -> None:
         """Latency per policy query at batch 1, every algorithm of `name` (its seed-0 or first
         seed's run) timed round-robin on the same dataset observations in one process, so that
         load on a shared machine hits all alike (the rollouts' own latencies are kept in the
@@ -389,7 +406,7 @@ class Bench:
         u = self.unit(key, {"steps": steps, "reps": a.latency_reps, "block": LATENCY_BLOCK})
         if "ms" in u:
             return False
-        data = (read_d4rl(file) if offline_set else read_robomimic(file))
+        data = (read_d4rl(file()) if offline_set else read_robomimic(file()))
         rng = np.random.default_rng(0)
         n = a.latency_reps * LATENCY_BLOCK // (LATENCY_BLOCK - 1)  # latency_reps timed each
         obs = data.observations[rng.integers(0, len(data.observations), n)]
@@ -426,14 +443,11 @@ class Bench:
         each imitation algorithm, so that a run cut short has every cell's first seeds."""
         a = self.args
         offline_sets = [parse_dataset(s) for s in a.datasets]
-        files: dict[str, FilePath] = {}
+        files: dict[str, callable] = {}
         todo = []
-        for name, env, quality in offline_sets:
+        for name, env, quality in [*offline_sets, *((t, t, "scripted") for t in a.tasks)]:
             todo.append((f"data {name}", lambda n=name, e=env, q=quality:
-                         files.__setitem__(n, self.dataset(n, e, q))))
-        for task in a.tasks:
-            todo.append((f"data {task}", lambda t=task:
-                         files.__setitem__(t, self.dataset(t, t, "scripted"))))
+                         files.__setitem__(n, self.dataset_step(n, e, q))))
         for seed in a.seeds:
             for name, _, _ in offline_sets:
                 for algo in OFFLINE_ALGOS:
@@ -443,6 +457,8 @@ class Bench:
                 for algo in IMITATION_ALGOS:
                     todo.append((f"{task} {algo} seed {seed}", lambda t=task, al=algo, s=seed:
                                  self.imitation_unit(t, files[t], al, s)))
+        if not a.latency:
+            return todo
         for name, _, _ in offline_sets:
             todo.append((f"{name} latency", lambda n=name: self.latency_unit(n, files[n], True)))
         for task in a.tasks:
