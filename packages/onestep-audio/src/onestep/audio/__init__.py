@@ -6,6 +6,8 @@ The `onestep-audio` command line runs `prepare`, `mel` and `phonemes`.
     spec = log_mel(samples, MEL_PRESETS["telephone"])      # (n_mels, frames)
     audio = griffin_lim(spec, MEL_PRESETS["telephone"])     # the baseline vocoder
     phonemize("Thank you.")                                # 'θˈæŋk juː.'
+    monotonic_alignment_search(log_likelihood)             # (tokens, frames) -> 0/1 alignment
+    mel_cepstral_distortion(synthesis, recording, cfg)     # dB, DTW-aligned
 """
 
 from importlib import import_module
@@ -22,6 +24,13 @@ _EXPORTS = {
     "CorpusError": "data", "Utterance": "data", "read_ljspeech": "data",
     "write_ljspeech": "data", "read_asterisk": "data", "load_corpus": "data",
     "split_utterances": "data",
+    "AlignmentError": "align", "monotonic_alignment_search": "align",
+    "durations_from_alignment": "align", "alignment_from_durations": "align",
+    "MetricError": "metrics", "mel_cepstrum": "metrics", "mel_cepstral_distortion": "metrics",
+    "cepstral_distortion": "metrics", "log_spectral_distance": "metrics",
+    "spectral_log_distance": "metrics", "dtw_path": "metrics", "stoi": "metrics",
+    "time_callable": "metrics", "real_time_factor": "metrics", "word_error_rate": "metrics",
+    "normalize_for_wer": "metrics", "SpeechRecognizer": "metrics", "transcribe": "metrics",
     "prepare": "commands", "mel": "commands", "phonemes": "commands",
 }
 __all__ = sorted(_EXPORTS)
