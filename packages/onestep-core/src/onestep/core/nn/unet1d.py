@@ -1,9 +1,11 @@
 """A conditional 1-D temporal UNet over action sequences: Diffusion Policy's ConditionalUnet1D
-(Chi et al. 2023, Sec. 3.3 and Fig. 2b)."""
+(Chi et al. 2023, Sec. 3.3 and Fig. 2b), optionally over sequences of any length and with local
+(frame-aligned) conditioning channels concatenated to the input."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -49,24 +51,42 @@ class UNet1D(nn.Module):
     the time embedding and the cond embedding (Diffusion Policy concatenates the two; a sum
     keeps the time entering only through `time_embed`, so MeanFlow's TwoTimeNet wraps it), two
     blocks per level, strided-conv down- and transposed-conv upsampling, skip connections.
-    `horizon` must be divisible by 2^(len(dims) - 1)."""
+    `horizon` must be divisible by 2^(len(dims) - 1); horizon=None takes (B, length, channels)
+    sequences of any length divisible by it (the network is convolutional throughout).
 
-    def __init__(self, channels: int, horizon: int, dims: tuple[int, ...] = (64, 128, 256),
+    Local conditioning (`local_cond_dim`): a frame-aligned tensor (B, length, local_cond_dim)
+    concatenated to the input channels before the first block, as Grad-TTS's decoder stacks the
+    aligned text encoding mu with x_t (Popov et al. 2021, Sec. 3; WaveNet's local conditioning,
+    van den Oord et al. 2016, Sec. 2.5). The cond is then a dict {"global": ..., "local": ...}
+    (either may be absent), or, for a network with no global cond (cond_dim None), the local
+    tensor itself; a missing local cond is zeros (the null cond). Without local_cond_dim, cond
+    is the global cond as before (a vector (B, cond_dim), or None)."""
+
+    def __init__(self, channels: int, horizon: int | None, dims: tuple[int, ...] = (64, 128, 256),
                  kernel: int = 5, groups: int = 8, time_dim: int = 128,
-                 cond_dim: int | None = None, time_scale: float = 1.0):
+                 cond_dim: int | None = None, time_scale: float = 1.0,
+                 local_cond_dim: int | None = None):
         super().__init__()
         dims = tuple(int(d) for d in dims)
-        if not dims or horizon % 2 ** (len(dims) - 1):
+        if not dims or (horizon is not None and horizon % 2 ** (len(dims) - 1)):
             raise ValueError(f"UNet1D: horizon {horizon} must be divisible by "
                              f"2^{len(dims) - 1} for dims {dims}")
+        if local_cond_dim is not None and (int(local_cond_dim) != local_cond_dim
+                                           or local_cond_dim < 1):
+            raise ValueError(f"UNet1D: local_cond_dim must be a positive integer or None, got "
+                             f"{local_cond_dim}")
         self.config = dict(channels=channels, horizon=horizon, dims=list(dims), kernel=kernel,
                            groups=groups, time_dim=time_dim, cond_dim=cond_dim,
                            time_scale=float(time_scale))
+        if local_cond_dim is not None:  # only when set: earlier configs stay as they were
+            self.config["local_cond_dim"] = int(local_cond_dim)
         self.channels, self.horizon = channels, horizon
+        self.local_cond_dim = int(local_cond_dim or 0)
+        self.multiple = 2 ** (len(dims) - 1)  # lengths must be divisible by this
         self.time_embed = TimeEmbed(time_dim, time_dim, time_scale)
         self.cond_embed = CondEmbed(time_dim, cond_dim=cond_dim)
         block = lambda a, b: FiLMResBlock1d(a, b, time_dim, kernel, groups)  # noqa: E731
-        ins = (channels, *dims[:-1])
+        ins = (channels + self.local_cond_dim, *dims[:-1])
         self.down = nn.ModuleList()
         for i, (a, b) in enumerate(zip(ins, dims, strict=True)):
             last = i == len(dims) - 1
@@ -86,14 +106,62 @@ class UNet1D(nn.Module):
     def from_config(cls, config: dict) -> UNet1D:
         return cls(**config)
 
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+    def _length(self, x: Tensor) -> int:
+        """The sequence length of x, checked against the horizon (or the length multiple)."""
+        shape = tuple(x.shape)
+        if self.horizon is not None:
+            if math.prod(shape[1:]) != self.horizon * self.channels:
+                raise ValueError(f"UNet1D built for ({self.horizon}, {self.channels}) sequences, "
+                                 f"got shape {shape}")
+            return self.horizon
+        if x.ndim != 3 or shape[2] != self.channels or shape[1] == 0:
+            raise ValueError(f"UNet1D (any length) takes (batch, length, {self.channels}) "
+                             f"sequences, got shape {shape}")
+        if shape[1] % self.multiple:
+            raise ValueError(f"UNet1D: length {shape[1]} must be divisible by {self.multiple} "
+                             f"(2^(levels - 1)); pad the sequence")
+        return shape[1]
+
+    def _split_cond(self, cond, batch: int, length: int) -> tuple[Tensor | None, Tensor | None]:
+        """(global cond, local cond (B, length, local_cond_dim) or None)."""
+        if isinstance(cond, Mapping):
+            unknown = sorted(set(cond) - {"global", "local"})
+            if unknown:
+                raise ValueError(f"UNet1D: a cond dict takes the keys 'global' and 'local', got "
+                                 f"{unknown}")
+            glob, local = cond.get("global"), cond.get("local")
+        elif self.local_cond_dim and not self.cond_embed.conditional:
+            glob, local = None, cond
+        else:
+            glob, local = cond, None
+        if not self.local_cond_dim:
+            if local is not None:
+                raise ValueError("this UNet1D takes no local (frame-aligned) cond; build it with "
+                                 "local_cond_dim")
+            return glob, None
+        expected = (batch, length, self.local_cond_dim)
+        if local is None:
+            return glob, None
+        if not torch.is_tensor(local) or not local.is_floating_point() or (
+                tuple(local.shape) != expected
+                and (local.shape[0] != batch or local.numel() != math.prod(expected))):
+            got = tuple(local.shape) if torch.is_tensor(local) else type(local).__name__
+            raise ValueError(f"UNet1D: the local cond must be a float tensor {expected} "
+                             f"(batch, length, local_cond_dim), aligned with x, got {got}")
+        return glob, local.reshape(expected)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond=None) -> Tensor:
         batch, shape = x.shape[0], x.shape
-        if math.prod(shape[1:]) != self.horizon * self.channels:
-            raise ValueError(f"UNet1D built for ({self.horizon}, {self.channels}) sequences, got "
-                             f"shape {tuple(shape)}")
-        h = x.reshape(batch, self.horizon, self.channels).transpose(1, 2)  # (B, C, H)
+        length = self._length(x)
+        glob, local = self._split_cond(cond, batch, length)
+        h = x.reshape(batch, length, self.channels)
+        if self.local_cond_dim:  # frame-aligned channels next to x's (zeros: the null cond)
+            if local is None:
+                local = h.new_zeros(batch, length, self.local_cond_dim)
+            h = torch.cat([h, local.to(h.dtype)], dim=2)
+        h = h.transpose(1, 2)  # (B, C, H)
         emb = self.time_embed(t, batch)
-        c = self.cond_embed(cond, batch)
+        c = self.cond_embed(glob, batch)
         if c is not None:
             emb = emb + c
         skips = []
