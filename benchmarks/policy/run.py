@@ -102,6 +102,10 @@ class Args:
     """Gradient steps of ofql, dql, fbc and bc."""
     imitation_steps: int = 5000
     """Gradient steps of dm1 and diffusion-policy."""
+    eta: tuple[str, ...] = ("hopper-medium=0.1",)
+    """Q-loss weight of ofql and dql per dataset, NAME=ETA (DQL tunes eta per dataset); the
+    others keep the configs' 1.0 (DQL's value on D4RL locomotion). On hopper-medium eta 1
+    pinned OFQL's one-step actions at their bounds (the README's policy section)."""
     episodes: int = 10
     """Rollout episodes per offline policy and seed."""
     imitation_episodes: int = 20
@@ -131,7 +135,7 @@ class Args:
             return self
         quick = dict(datasets=("Pendulum-v1:medium",), seeds=(0,), offline_steps=20,
                      imitation_steps=20, episodes=2, imitation_episodes=1, transitions=2000,
-                     behavior_steps=2000, demos=3, ckpt_every=10, latency_reps=20)
+                     behavior_steps=2000, demos=3, ckpt_every=10, latency_reps=20, eta=())
         return dataclasses.replace(self, **{k: v for k, v in quick.items()
                                             if getattr(self, k) == getattr(Args, k)})
 
@@ -335,19 +339,36 @@ class Bench:
         self.mine.add(key)
         return u
 
+    def eta(self, name: str, algo: str) -> float | None:
+        """The Q-loss weight --eta sets for `algo` on dataset `name` (None: the config's)."""
+        if algo not in ("ofql", "dql"):
+            return None
+        etas = dict(spec.split("=", 1) for spec in self.args.eta)
+        return float(etas[name]) if name in etas else None
+
+    def offline_run(self, name: str, algo: str, seed: int) -> FilePath:
+        eta = self.eta(name, algo)
+        tag = "" if eta is None else f"-eta{eta:g}"
+        return self.work / name / f"{algo}-{self.args.offline_steps}{tag}-seed{seed}"
+
     def offline_unit(self, name: str, file, algo: str, seed: int) -> None:
         a = self.args
         key = f"offline/{name}/{algo}/seed{seed}"
-        u = self.unit(key, {"steps": a.offline_steps, "dataset": self.datasets[name]["file"]})
+        settings = {"steps": a.offline_steps, "dataset": self.datasets[name]["file"]}
+        eta = self.eta(name, algo)
+        if eta is not None:
+            settings["eta"] = eta
+        u = self.unit(key, settings)
         if u.get("eval", {}).get("episodes") == a.episodes:
             return False
-        run = self.work / name / f"{algo}-{a.offline_steps}-seed{seed}"
+        run = self.offline_run(name, algo, seed)
         if "train" not in u:
             t0 = time.perf_counter()
             cont = a.resume and (run / "run.json").exists()  # a killed run continues
             s = offline.train(algo, str(file()), str(run), steps=a.offline_steps, seed=seed,
                             resume=cont, overwrite=not cont, progress=a.progress, threads=a.threads,
-                            overrides={"ckpt_every": a.ckpt_every})
+                            overrides={"ckpt_every": a.ckpt_every,
+                                       **({} if eta is None else {"eta": eta})})
             u["train"] = {"steps": s["steps"], "train_seconds": s["train_seconds"],
                           "wall_seconds": time.perf_counter() - t0, "run": rel(run),
                           "final_logs": s.get("final_logs")}
@@ -403,7 +424,11 @@ class Bench:
         seed = a.seeds[0]
         key = f"latency/{name}/seed{seed}"
         steps = a.offline_steps if offline_set else a.imitation_steps
-        u = self.unit(key, {"steps": steps, "reps": a.latency_reps, "block": LATENCY_BLOCK})
+        settings = {"steps": steps, "reps": a.latency_reps, "block": LATENCY_BLOCK}
+        etas = {al: self.eta(name, al) for al in OFFLINE_ALGOS} if offline_set else {}
+        if any(v is not None for v in etas.values()):
+            settings["eta"] = {k: v for k, v in etas.items() if v is not None}
+        u = self.unit(key, settings)
         if "ms" in u:
             return False
         data = (read_d4rl(file()) if offline_set else read_robomimic(file()))
@@ -413,8 +438,7 @@ class Bench:
         fns = {}
         if offline_set:
             for algo in OFFLINE_ALGOS:
-                fns[algo] = offline.actor(str(self.work / name / f"{algo}-{steps}-seed{seed}"),
-                                          seed)[0]
+                fns[algo] = offline.actor(str(self.offline_run(name, algo, seed)), seed)[0]
         else:
             for key_name, (algo, sampler) in IMITATION_KEYS.items():
                 pol = imitation.load_policy(self.work / name / f"{algo}-{steps}-seed{seed}",
@@ -648,8 +672,19 @@ def plot(data: dict, png: FilePath) -> None:
 
 def main(argv=None) -> int:
     args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0]).resolved()
-    for s in args.datasets:
-        parse_dataset(s)
+    names = [parse_dataset(s)[0] for s in args.datasets]
+    for spec in args.eta:
+        name, sep, value = spec.partition("=")
+        try:
+            ok = bool(sep) and float(value) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SystemExit(f"--eta {spec!r}: expected NAME=ETA with ETA >= 0, e.g. "
+                             "hopper-medium=0.1")
+        if name not in names:
+            raise SystemExit(f"--eta {spec!r}: {name!r} is not one of the datasets "
+                             f"({', '.join(names)})")
     check_tasks(args.tasks)
     if not args.seeds:
         raise SystemExit("--seeds: give at least one seed")
