@@ -582,7 +582,9 @@ def report(data: dict, md_file: FilePath) -> str:
     lines += ["", "## Offline RL (D4RL-normalised score)\n",
               f"{cfg['offline_steps']} gradient steps per run, {cfg['episodes']} rollout "
               "episodes per seed; latency per action. DQL: 5 denoising steps (its paper's); "
-              "OFQL: one step.\n",
+              "OFQL: one step. Q-loss weight eta of both: 1.0 (DQL's on D4RL locomotion)"
+              + "".join(f", {spec.replace('=', ' ')}" for spec in cfg.get("eta", ()))
+              + " (--eta).\n",
               "| dataset | algo | score | 95% CI | latency ms (median) | p95 | train s |",
               "|---|---|---|---|---|---|---|"]
     for spec in cfg["datasets"]:
