@@ -110,8 +110,15 @@ class TeacherConfig:
     """Duration predictor channels (Grad-TTS: 256)."""
     duration_kernel: int = 3
     """Duration predictor convolution width (Grad-TTS: 3)."""
-    decoder_dims: tuple[int, ...] = (64, 128)
-    """UNet1D channels per level (frame counts are padded to a multiple of 2^(levels - 1))."""
+    decoder_dims: tuple[int, ...] = (64,)
+    """UNet1D channels per level (frame counts are padded to a multiple of 2^(levels - 1)).
+    One level by default: core UNet1D keeps Diffusion Policy's wiring, whose output is made
+    from half-resolution features (the finest skip is unused), and a mel denoiser at low noise
+    must pass per-frame detail through. Measured on one asterisk prompt overfitted for 1000
+    steps: x0 error at sigma = 1 of 0.10 with (64,) against 0.26 with (32, 64), and 50-step
+    ODE samples 0.57 from the recording against 1.35 (normalised mels, mean squares); on the
+    training split, 600 steps of batch 16: mel MCD at 50 NFE 7.1 dB with (64,) against 7.6 dB
+    with (64, 128), 1.35x faster."""
     decoder_time_dim: int = 64
     """UNet1D time-embedding width."""
     decoder_kernel: int = 5
