@@ -1,4 +1,5 @@
-"""onestep audio: the speech front end for one-step speech models, built on onestep.core.
+"""onestep audio: one-step speech models built on onestep.core: the speech front end and
+CoMoSpeech (a diffusion TTS teacher and its one-step consistency student, `tts`).
 The `onestep-audio` command line runs `prepare`, `mel` and `phonemes`.
 
     from onestep.audio import read_wav, log_mel, griffin_lim, phonemize, read_asterisk
@@ -8,6 +9,9 @@ The `onestep-audio` command line runs `prepare`, `mel` and `phonemes`.
     phonemize("Thank you.")                                # 'θˈæŋk juː.'
     monotonic_alignment_search(log_likelihood)             # (tokens, frames) -> 0/1 alignment
     mel_cepstral_distortion(synthesis, recording, cfg)     # dB, DTW-aligned
+    teacher, _ = train_teacher(load_speech(utterances, cfg), mel_config=cfg, out_dir="t")
+    student, _ = distill_student(teacher, load_speech(utterances, cfg), out_dir="s")
+    student.synthesize("Thank you.").audio                 # CoMoSpeech, one network evaluation
 """
 
 from importlib import import_module
@@ -32,6 +36,9 @@ _EXPORTS = {
     "time_callable": "metrics", "real_time_factor": "metrics", "word_error_rate": "metrics",
     "normalize_for_wer": "metrics", "SpeechRecognizer": "metrics", "transcribe": "metrics",
     "prepare": "commands", "mel": "commands", "phonemes": "commands",
+    "TTS": "tts", "TeacherConfig": "tts", "CoMoSpeechLoss": "tts", "MelStats": "tts",
+    "AUDIO_CD": "tts", "load_speech": "tts", "make_teacher": "tts", "train_teacher": "tts",
+    "distill_student": "tts",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -671,10 +671,11 @@ def train_teacher(items: Sequence[SpeechItem], *, mel_config: MelConfig,
                   vocab: PhonemeVocab | None = None, steps: int = 2000, batch_size: int = 16,
                   lr: float = 2e-3, warmup: int = 100, ema_decay: float | None = 0.995,
                   out_dir: str | os.PathLike = "runs/comospeech-teacher", seed: int = 0,
-                  progress: bool = False, voice: str = "en-us",
+                  progress: bool = False, voice: str = "en-us", resume: bool = False,
                   model: CoMoSpeech | None = None) -> tuple[TTS, list[dict]]:
-    """Train a CoMoSpeech teacher on `items` (`load_speech`) with the core Trainer (checkpoints
-    in out_dir; resume by calling again with the same arguments and a larger `steps`). The
+    """Train a CoMoSpeech teacher on `items` (`load_speech`) with the core Trainer (a checkpoint
+    in out_dir at the end; `resume=True` with the same arguments and a larger `steps` continues
+    from it, bit for bit as one longer run: the learning rate is constant after warm-up). The
     vocabulary is built from the items' phonemes unless given; the mel statistics from their
     frames. Returns (the TTS with the EMA weights, or the trained ones without EMA; the log
     records)."""
@@ -691,7 +692,7 @@ def train_teacher(items: Sequence[SpeechItem], *, mel_config: MelConfig,
     data = SpeechBatches(items, vocab, stats)
     trainer = Trainer(TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
                                   out_dir=out_dir, progress=progress, log_every=max(1, steps // 20),
-                                  ckpt_every=0))
+                                  ckpt_every=0, resume=resume))
     model = model or make_teacher(len(vocab), n_mels, config)
     task = LossTask(model, loss, lr=lr, warmup=warmup, ema_decay=ema_decay, kind="comospeech")
     records = trainer.fit(task, data)
@@ -728,11 +729,12 @@ class ConsistencyCrops:
 def distill_student(teacher: TTS, items: Sequence[SpeechItem], *, config: CDConfig = AUDIO_CD,
                     steps: int = 1000, batch_size: int = 16, segment: int = 128,
                     out_dir: str | os.PathLike = "runs/comospeech-student", seed: int = 0,
-                    progress: bool = False) -> tuple[TTS, list[dict]]:
+                    progress: bool = False, resume: bool = False) -> tuple[TTS, list[dict]]:
     """One-step consistency distillation of a teacher's mel decoder (CoMoSpeech Sec. 3) through
     core's `CDDistiller` (Song et al. 2023, Alg. 2), on segments of the training mels with the
     teacher's aligned mu as the cond. The student starts from the teacher's decoder weights and
-    keeps its text encoder and durations. Returns (the student TTS, the log records)."""
+    keeps its text encoder and durations. `resume=True` continues from the checkpoint in out_dir
+    (written at the end). Returns (the student TTS, the log records)."""
     if teacher.decoder is None:
         raise ValueError("distill_student needs a teacher (a TTS with a decoder), got a student")
     if segment % _multiple(teacher.decoder.model):
@@ -741,7 +743,7 @@ def distill_student(teacher: TTS, items: Sequence[SpeechItem], *, config: CDConf
     data = ConsistencyCrops(teacher, items, segment)
     trainer = Trainer(TrainConfig(steps=steps, batch_size=batch_size, seed=seed, out_dir=out_dir,
                                   progress=progress, log_every=max(1, steps // 20),
-                                  ckpt_every=0))
+                                  ckpt_every=0, resume=resume))
     distiller = CDDistiller(teacher.decoder, config)
     records = trainer.fit(distiller, data)
     gen = distiller.generator().cpu().eval()
