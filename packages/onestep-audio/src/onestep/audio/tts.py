@@ -150,11 +150,14 @@ class TeacherConfig:
             raise ValueError("TeacherConfig.sigma_data and sigma_max must be positive")
 
 
-AUDIO_CD = CDConfig(num_points=18, lr=2e-4, target_ema=0.95, solver="heun", metric="l2")
+AUDIO_CD = CDConfig(num_points=18, lr=1e-3, target_ema=0.95, solver="heun", metric="l2")
 """Consistency distillation of the mel decoder: core's CD with the Karras grid of 18 points from
 sigma 0.002 to 80, Heun teacher steps, squared L2 and an EMA target of decay 0.95 (Song et al.
-2023, Table 3's CIFAR-10 values), and a learning rate of 2e-4 for a student that starts from the
-teacher's weights (the paper: 4e-4 at batch 512)."""
+2023, Table 3's CIFAR-10 values), and a learning rate of 1e-3 for a few minutes of CPU training
+(the paper: 4e-4 at batch 512 for 800k steps). Measured on the asterisk prompts, 800 steps of
+batch 16 from a 1500-step teacher: the one-step student's mel is 3.89 dB MCD from the teacher's
+50-NFE mel from the same noise with lr 1e-3, 4.15 dB with 2e-4, 4.90 dB for the teacher's own
+one step."""
 
 
 # -- mel statistics ---------------------------------------------------------------------------
